@@ -1,0 +1,1 @@
+//! shardgate client (under construction).

@@ -1,0 +1,1 @@
+//! shardgate lb (under construction).

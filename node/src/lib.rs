@@ -1,0 +1,1 @@
+//! shardgate node (under construction).

@@ -1,0 +1,1 @@
+//! shardgate protocol (under construction).
