@@ -1,1 +1,39 @@
-//! shardgate protocol (under construction).
+//! The binary protocol spoken between the balancer, the shard manager, the nodes and the Rust
+//! client, and the data types they share. No IO beyond the frame codec.
+//!
+//! A connection is a stream of length-prefixed frames ([`codec`]). The first frame each way
+//! is the handshake ([`handshake`]); after it the caller sends [`RequestFrame`]s and the
+//! server answers [`ResponseFrame`]s carrying the same id, in any order, so many requests
+//! share one connection. Payloads are encoded by [`wire`].
+//!
+//! # Layout
+//! - [`codec`]: the frame format and its `LengthDelimitedCodec`, with the maximum frame length.
+//! - [`wire`]: encoding of messages into frame payloads; the only module that knows bincode.
+//! - [`handshake`]: magic + version exchange that opens every connection.
+//! - [`message`]: request and response envelopes, one struct per command, error bodies and
+//!   their HTTP statuses.
+//! - [`types`]: schema, rows, cells, shard descriptions, LSNs and epochs.
+//! - [`json`]: validation of JSON rows, keys, schemas and shard lists for the HTTP shims.
+//! - [`error`]: the crate's error type.
+
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod error;
+pub mod handshake;
+pub mod json;
+pub mod message;
+pub mod types;
+pub mod wire;
+
+pub use codec::{frame_codec, framed, MAX_FRAME_LEN};
+pub use error::{Error, Result};
+pub use handshake::{
+    check_hello, client_handshake, server_handshake, Hello, HelloReply, MAGIC, PROTOCOL_VERSION,
+};
+pub use json::{parse_key, row_from_json, row_to_json, FieldError};
+pub use message::{
+    ConfigReq, CopyReq, DeleteReq, ErrorBody, ErrorKind, ReadReq, Request, RequestFrame, Response,
+    ResponseFrame, UpdateReq, WriteReq,
+};
+pub use types::{DType, Epoch, Lsn, Row, Schema, ShardId, ShardSpec, Value, KEY_COLUMN};

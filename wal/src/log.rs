@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::format::{SegmentHeader, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use crate::format::{RecordHeader, SegmentHeader, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 use crate::recovery::recover;
 use crate::segment::{prepare_zeroed_file, sync_dir, Segment, Slot};
 use crate::{Epoch, Lsn, Options, Record, SyncPolicy};
@@ -62,6 +62,8 @@ struct Inner {
     /// Start of the active segment's bytes not yet flushed.
     dirty_from: usize,
     spare: Spare,
+    /// Reused buffer in which appends encode their records before one write.
+    buf: Vec<u8>,
 }
 
 /// A zero-filled segment file prepared by a background thread before the active segment
@@ -115,6 +117,7 @@ impl Wal {
                 last_epoch: rec.last_epoch,
                 dirty_from: active,
                 spare: Spare::None,
+                buf: Vec::new(),
             }),
             sync_lock: Mutex::new(()),
             read_guard: RwLock::new(()),
@@ -156,12 +159,7 @@ impl Wal {
             return Err(Error::EpochRegression { last: inner.last_epoch, got: epoch });
         }
         let first = inner.next_lsn;
-        let result = (|| {
-            for (kind, payload) in records {
-                s.append_locked(&mut inner, epoch, kind, payload)?;
-            }
-            Ok(())
-        })();
+        let result = s.append_locked(&mut inner, epoch, records);
         let last = inner.next_lsn - 1;
         s.last_lsn.store(last, Ordering::Release);
         s.maybe_prepare_spare(&mut inner);
@@ -268,9 +266,8 @@ impl Wal {
         inner.segments.truncate(idx + 1);
         let old_end = seg.end();
         seg.set_end(offset);
-        // SAFETY: readers are excluded by the read guard, appenders by the inner lock.
-        unsafe { seg.zero(offset, old_end) };
-        if let Err(e) = seg.flush(offset, old_end) {
+        // Readers are excluded by the read guard, appenders by the inner lock.
+        if let Err(e) = seg.zero(offset, old_end).and_then(|()| seg.flush(offset, old_end)) {
             s.poisoned.store(true, Ordering::Release);
             return Err(e);
         }
@@ -368,42 +365,74 @@ impl Shared {
         Ok(())
     }
 
-    fn append_locked(
+    /// Appends `records` to the active segment (rotating as needed), one `pwrite` per
+    /// segment touched. Records are published only once their bytes are written.
+    fn append_locked<'a, I>(&self, inner: &mut Inner, epoch: Epoch, records: I) -> Result<()>
+    where
+        I: IntoIterator<Item = (u8, &'a [u8])>,
+    {
+        let max = self.opts.segment_size - SEGMENT_HEADER_LEN - RECORD_HEADER_LEN;
+        let mut buf = std::mem::take(&mut inner.buf);
+        buf.clear();
+        // Records of `buf`: they start at `inner.write_pos` and get LSNs from `next_lsn`.
+        let mut pending = 0u64;
+        let mut result = Ok(());
+        for (kind, payload) in records {
+            if payload.len() > max {
+                result = Err(Error::RecordTooLarge { len: payload.len(), max });
+                break;
+            }
+            let total = RECORD_HEADER_LEN + payload.len();
+            if inner.write_pos + buf.len() + total > self.opts.segment_size {
+                if let Err(e) = self.write_buffered(inner, &buf, pending, epoch) {
+                    result = Err(e);
+                    break;
+                }
+                buf.clear();
+                pending = 0;
+                if let Err(e) = self.rotate(inner) {
+                    result = Err(e);
+                    break;
+                }
+            }
+            let lsn = inner.next_lsn + pending;
+            buf.extend_from_slice(&RecordHeader::new(lsn, epoch, kind, payload).encode());
+            buf.extend_from_slice(payload);
+            pending += 1;
+        }
+        if result.is_ok() {
+            result = self.write_buffered(inner, &buf, pending, epoch);
+        }
+        inner.buf = buf;
+        result
+    }
+
+    /// Writes `count` encoded records at the write position and publishes them.
+    fn write_buffered(
         &self,
         inner: &mut Inner,
+        buf: &[u8],
+        count: u64,
         epoch: Epoch,
-        kind: u8,
-        payload: &[u8],
     ) -> Result<()> {
-        let max = self.opts.segment_size - SEGMENT_HEADER_LEN - RECORD_HEADER_LEN;
-        if payload.len() > max {
-            return Err(Error::RecordTooLarge { len: payload.len(), max });
+        if count == 0 {
+            return Ok(());
         }
-        let total = RECORD_HEADER_LEN + payload.len();
-        if inner.write_pos + total > self.opts.segment_size {
-            self.rotate(inner)?;
-        }
-        let header = crate::format::RecordHeader::new(inner.next_lsn, epoch, kind, payload);
         let seg = active(inner).clone();
-        let head = header.encode();
         fail::fail_point!("wal::append::write", |_| {
             // A write that stops half way: the bytes beyond the published end are garbage
             // until the next append overwrites them, and recovery would cut them.
-            let half = head.len().min(total / 2);
-            // SAFETY: the inner lock is held; the region is beyond the published end.
-            unsafe { seg.write(inner.write_pos, &[&head[..half]]) };
+            seg.write(inner.write_pos, &buf[..buf.len() / 2])?;
             Err(Error::io(
                 "write record",
                 &seg.path,
                 std::io::Error::other("injected write failure"),
             ))
         });
-        // SAFETY: the inner lock is held and the region lies beyond the published end, so no
-        // one else reads or writes it; it fits (checked above).
-        unsafe { seg.write(inner.write_pos, &[&head, payload]) };
-        inner.write_pos += total;
+        seg.write(inner.write_pos, buf)?;
+        inner.write_pos += buf.len();
         seg.set_end(inner.write_pos);
-        inner.next_lsn += 1;
+        inner.next_lsn += count;
         inner.last_epoch = epoch;
         Ok(())
     }

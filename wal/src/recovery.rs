@@ -134,8 +134,8 @@ pub(crate) fn recover(dir: &Path, mode: RecoveryMode) -> Result<Recovered> {
             }
             tracing::warn!(file = %path.display(), offset, %detail, "cutting the log here");
             let garbage_end = seg.last_nonzero_end(offset);
-            // SAFETY: the log is locked and not shared yet; nobody reads or writes it.
-            unsafe { seg.zero(offset, garbage_end) };
+            // The log is locked and not shared yet; nobody reads or writes it.
+            seg.zero(offset, garbage_end)?;
             seg.flush(offset, garbage_end)?;
             if !is_last {
                 drop_from(dir, &found[i + 1..], mode, bad(offset, "unreachable".into()))?;

@@ -1,6 +1,12 @@
 //! One segment file: creation (zero-filled, header, synced), its shared mapping, record
 //! reads and range flushes.
 //!
+//! Records are written with `pwrite` into the mapped file and read through the mapping;
+//! durability is an `msync` of the dirty range (the page cache is shared, so msync flushes
+//! pages dirtied by `pwrite`). Storing through the mapping instead was measured here at
+//! about 3x the cost per durable append (a write fault on every page cleaned by the last
+//! sync), and turns a failed write into SIGBUS instead of an error.
+//!
 //! Segments are filled with real zero blocks before use (not a sparse `set_len`): writing
 //! into a hole makes every `msync` also commit block allocation, which costs about 1.5x per
 //! sync here, and a full disk would surface as SIGBUS on a store to the mapping instead of an
@@ -34,7 +40,7 @@ pub(crate) struct Segment {
     map: MmapRaw,
     /// End of the published records (an offset into the file).
     end: AtomicUsize,
-    _file: File,
+    file: File,
 }
 
 /// What lies at an offset of a segment.
@@ -108,7 +114,7 @@ impl Segment {
         fs::rename(&tmp, &path).map_err(|e| Error::io("rename new segment", &path, e))?;
         sync_dir(dir)?;
         let map = map_file(&file, &path)?;
-        Ok(Segment { path, header, map, end: AtomicUsize::new(SEGMENT_HEADER_LEN), _file: file })
+        Ok(Segment { path, header, map, end: AtomicUsize::new(SEGMENT_HEADER_LEN), file })
     }
 
     /// Opens and maps an existing segment and checks its header. `end` starts at the header;
@@ -135,7 +141,7 @@ impl Segment {
             header,
             map,
             end: AtomicUsize::new(SEGMENT_HEADER_LEN),
-            _file: file,
+            file,
         }))
     }
 
@@ -184,29 +190,36 @@ impl Segment {
         map_slice(&self.map, offset, len)
     }
 
-    /// Copies `parts` one after the other into the mapping at `offset`.
+    /// Writes `bytes` into the file at `offset` (beyond the published end).
     ///
-    /// # Safety
-    /// The caller holds the log's append lock (or exclusive access), so nobody else writes
-    /// or reads `[offset, offset + total)`.
-    pub unsafe fn write(&self, offset: usize, parts: &[&[u8]]) {
-        let mut at = offset;
-        for p in parts {
-            assert!(at + p.len() <= self.size(), "segment write out of bounds");
-            std::ptr::copy_nonoverlapping(p.as_ptr(), self.map.as_mut_ptr().add(at), p.len());
-            at += p.len();
+    /// The caller holds the log's append lock, so nobody else writes or reads that region.
+    pub fn write(&self, offset: usize, bytes: &[u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        if offset + bytes.len() > self.size() {
+            return Err(Error::io(
+                "write record",
+                &self.path,
+                std::io::Error::other("write beyond the end of the segment"),
+            ));
         }
+        self.file
+            .write_all_at(bytes, offset as u64)
+            .map_err(|e| Error::io("write record", &self.path, e))
     }
 
-    /// Fills `[from, to)` with zeroes.
+    /// Fills `[from, to)` with zeroes (not yet durable: `flush` it).
     ///
-    /// # Safety
-    /// As for `write`, plus readers are excluded (the read guard is held for writing).
-    pub unsafe fn zero(&self, from: usize, to: usize) {
+    /// The caller excludes appenders (the append lock) and readers (the read guard).
+    pub fn zero(&self, from: usize, to: usize) -> Result<()> {
         let to = to.min(self.size());
-        if from < to {
-            std::ptr::write_bytes(self.map.as_mut_ptr().add(from), 0, to - from);
+        let zeros = vec![0u8; (to.saturating_sub(from)).min(ZERO_FILL_CHUNK)];
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(zeros.len());
+            self.write(at, &zeros[..n])?;
+            at += n;
         }
+        Ok(())
     }
 
     /// Makes `[from, to)` durable (msync of the pages that hold it).

@@ -1,0 +1,278 @@
+//! The first frame each way on every connection: the caller sends [`Hello`], the server
+//! answers [`HelloReply`]. Only then do request frames flow.
+//!
+//! The layout of `Hello` starts with `magic` and `version` and must keep doing so in every
+//! future version, so that any server can still tell an old or new peer which version it
+//! speaks instead of failing with a decode error.
+//!
+//! Neither side times out here; callers wrap the handshake in `tokio::time::timeout` so a
+//! silent peer cannot hold a connection slot.
+
+use futures::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use crate::error::{Error, Result};
+use crate::wire;
+
+/// First bytes of every shardgate hello; anything else is not our peer.
+pub const MAGIC: [u8; 4] = *b"SGP\x01";
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The caller's first frame.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// Must be [`MAGIC`].
+    pub magic: [u8; 4],
+    /// The caller's [`PROTOCOL_VERSION`].
+    pub version: u16,
+    /// Who is calling, for the server's logs.
+    pub peer: String,
+}
+
+impl Hello {
+    /// The hello this build sends, naming the caller `peer`.
+    pub fn new(peer: impl Into<String>) -> Hello {
+        Hello { magic: MAGIC, version: PROTOCOL_VERSION, peer: peer.into() }
+    }
+}
+
+/// The server's answer to [`Hello`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum HelloReply {
+    /// Accepted; requests may follow.
+    Ok {
+        /// The server's [`PROTOCOL_VERSION`].
+        version: u16,
+        /// The server's name.
+        name: String,
+    },
+    /// Refused; the server closes the connection after sending this.
+    Err {
+        /// Why, for the caller's logs.
+        message: String,
+    },
+}
+
+/// The part of `Hello` every version shares; decoded when a full `Hello` does not decode.
+#[derive(Deserialize)]
+struct HelloPrefix {
+    magic: [u8; 4],
+    version: u16,
+}
+
+fn check_magic_and_version(magic: [u8; 4], version: u16) -> std::result::Result<(), String> {
+    if magic != MAGIC {
+        return Err(format!("bad magic: this is not a shardgate peer (got {magic:02x?})"));
+    }
+    if version != PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version {version} not supported; this server speaks version {PROTOCOL_VERSION}"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a server of this build accepts `hello`; the message says why not.
+pub fn check_hello(hello: &Hello) -> std::result::Result<(), String> {
+    check_magic_and_version(hello.magic, hello.version)
+}
+
+async fn send_msg<T, M>(framed: &mut Framed<T, LengthDelimitedCodec>, msg: &M) -> Result<()>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    M: Serialize,
+{
+    framed.send(wire::encode(msg)?).await?;
+    Ok(())
+}
+
+async fn recv_frame<T>(framed: &mut Framed<T, LengthDelimitedCodec>) -> Result<bytes::BytesMut>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    match framed.next().await {
+        None => Err(Error::ConnectionClosed),
+        Some(frame) => Ok(frame?),
+    }
+}
+
+/// What a server makes of the first frame: the hello, or the message to refuse it with.
+fn read_hello(frame: &[u8]) -> std::result::Result<Hello, String> {
+    match wire::decode::<Hello>(frame) {
+        Ok(hello) => check_hello(&hello).map(|()| hello),
+        Err(full_err) => match wire::decode_prefix::<HelloPrefix>(frame) {
+            Ok(prefix) => {
+                check_magic_and_version(prefix.magic, prefix.version)?;
+                Err(format!("malformed hello; {full_err}"))
+            }
+            Err(_) => Err("bad magic: this is not a shardgate peer".to_string()),
+        },
+    }
+}
+
+/// Caller side: sends `hello`, waits for the reply, returns the server's name.
+async fn handshake_as<T>(
+    framed: &mut Framed<T, LengthDelimitedCodec>,
+    hello: &Hello,
+) -> Result<String>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    send_msg(framed, hello).await?;
+    let frame = recv_frame(framed).await?;
+    let reply = wire::decode::<HelloReply>(&frame).map_err(|e| {
+        Error::Handshake(format!("bad reply: the server is not a shardgate peer; {e}"))
+    })?;
+    match reply {
+        HelloReply::Ok { version, name } if version == hello.version => Ok(name),
+        HelloReply::Ok { version, name } => Err(Error::Handshake(format!(
+            "server '{name}' speaks protocol version {version}; this client speaks version {}",
+            hello.version
+        ))),
+        HelloReply::Err { message } => Err(Error::Handshake(message)),
+    }
+}
+
+/// Caller side of the handshake, presenting itself as `peer_name`; returns the server's name.
+pub async fn client_handshake<T>(
+    framed: &mut Framed<T, LengthDelimitedCodec>,
+    peer_name: &str,
+) -> Result<String>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    handshake_as(framed, &Hello::new(peer_name)).await
+}
+
+/// Server side of the handshake, answering as `server_name`; returns the caller's hello.
+/// A caller that is not a shardgate peer or speaks another version is told why (a
+/// `HelloReply::Err`) and the same message comes back as [`Error::Handshake`]; the caller
+/// should then drop the connection.
+pub async fn server_handshake<T>(
+    framed: &mut Framed<T, LengthDelimitedCodec>,
+    server_name: &str,
+) -> Result<Hello>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = recv_frame(framed).await?;
+    match read_hello(&frame) {
+        Ok(hello) => {
+            let reply = HelloReply::Ok { version: PROTOCOL_VERSION, name: server_name.to_string() };
+            send_msg(framed, &reply).await?;
+            Ok(hello)
+        }
+        Err(message) => {
+            // Best effort: the peer may already be gone, and the mismatch is the error that
+            // matters to our caller.
+            let _ = send_msg(framed, &HelloReply::Err { message: message.clone() }).await;
+            Err(Error::Handshake(message))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::framed;
+
+    #[test]
+    fn check_hello_explains_refusals() {
+        assert_eq!(check_hello(&Hello::new("lb")), Ok(()));
+        let bad_magic = Hello { magic: *b"HTTP", ..Hello::new("x") };
+        assert!(check_hello(&bad_magic)
+            .unwrap_err()
+            .starts_with("bad magic: this is not a shardgate peer"));
+        let v2 = Hello { version: 2, ..Hello::new("x") };
+        assert_eq!(
+            check_hello(&v2).unwrap_err(),
+            "protocol version 2 not supported; this server speaks version 1"
+        );
+    }
+
+    #[test]
+    fn a_longer_future_hello_still_gets_the_version_message() {
+        #[derive(Serialize)]
+        struct HelloV2 {
+            magic: [u8; 4],
+            version: u16,
+            peer: String,
+            features: Vec<String>,
+        }
+        let frame = wire::encode(&HelloV2 {
+            magic: MAGIC,
+            version: 2,
+            peer: "new".into(),
+            features: vec!["zstd".into()],
+        })
+        .unwrap();
+        let msg = read_hello(&frame).unwrap_err();
+        assert_eq!(msg, "protocol version 2 not supported; this server speaks version 1");
+    }
+
+    #[test]
+    fn garbage_first_frame_is_bad_magic() {
+        let msg = read_hello(b"GET / HTTP/1.1\r\n").unwrap_err();
+        assert!(msg.starts_with("bad magic"), "{msg}");
+        assert!(read_hello(b"").unwrap_err().starts_with("bad magic"));
+    }
+
+    #[tokio::test]
+    async fn a_client_of_another_version_is_refused_on_both_sides() {
+        let (a, b) = tokio::io::duplex(4096);
+        let (mut client, mut server) = (framed(a), framed(b));
+        let hello = Hello { version: 2, ..Hello::new("future-client") };
+        let (c, s) = tokio::join!(
+            handshake_as(&mut client, &hello),
+            server_handshake(&mut server, "Server1")
+        );
+        let expected = "protocol version 2 not supported; this server speaks version 1";
+        match (c, s) {
+            (Err(Error::Handshake(cm)), Err(Error::Handshake(sm))) => {
+                assert_eq!(cm, expected);
+                assert_eq!(sm, expected);
+            }
+            other => panic!("expected handshake errors on both sides, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_with_bad_magic_is_refused_on_both_sides() {
+        let (a, b) = tokio::io::duplex(4096);
+        let (mut client, mut server) = (framed(a), framed(b));
+        let hello = Hello { magic: *b"RESP", ..Hello::new("stranger") };
+        let (c, s) = tokio::join!(
+            handshake_as(&mut client, &hello),
+            server_handshake(&mut server, "Server1")
+        );
+        match (c, s) {
+            (Err(Error::Handshake(cm)), Err(Error::Handshake(sm))) => {
+                assert!(cm.starts_with("bad magic: this is not a shardgate peer"), "{cm}");
+                assert_eq!(cm, sm);
+            }
+            other => panic!("expected handshake errors on both sides, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_of_another_version_is_refused_by_the_client() {
+        let (a, b) = tokio::io::duplex(4096);
+        let (mut client, mut server) = (framed(a), framed(b));
+        let fake_server = async {
+            let _hello = recv_frame(&mut server).await?;
+            send_msg(&mut server, &HelloReply::Ok { version: 9, name: "S9".into() }).await
+        };
+        let (c, s) = tokio::join!(client_handshake(&mut client, "lb"), fake_server);
+        assert!(s.is_ok(), "{s:?}");
+        match c {
+            Err(Error::Handshake(m)) => {
+                assert_eq!(m, "server 'S9' speaks protocol version 9; this client speaks version 1")
+            }
+            other => panic!("expected a handshake error, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! Requests and responses of the binary protocol.
+//!
+//! Every frame after the handshake is a [`RequestFrame`] (caller → server) or a
+//! [`ResponseFrame`] (server → caller). The `id` is chosen by the caller and echoed by the
+//! server, so one connection carries many requests at once and answers may come back in any
+//! order.
+//!
+//! Enums are encoded by variant index (see [`crate::wire`]): append new variants at the end,
+//! never reorder or remove one.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Epoch, Lsn, Row, Schema, ShardId, ShardSpec};
+
+/// A request and the id its answer will carry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct RequestFrame {
+    /// Caller-chosen id, unique among the caller's requests in flight on this connection.
+    pub id: u64,
+    /// The command.
+    pub body: Request,
+}
+
+/// The answer to the request with the same `id`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ResponseFrame {
+    /// The id of the request this answers.
+    pub id: u64,
+    /// The result of the command.
+    pub body: std::result::Result<Response, ErrorBody>,
+}
+
+impl ResponseFrame {
+    /// A successful answer to request `id`.
+    pub fn ok(id: u64, response: Response) -> ResponseFrame {
+        ResponseFrame { id, body: Ok(response) }
+    }
+
+    /// A failed answer to request `id`.
+    pub fn err(id: u64, error: ErrorBody) -> ResponseFrame {
+        ResponseFrame { id, body: Err(error) }
+    }
+}
+
+/// A command, one variant per command struct.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum Request {
+    /// `GET /home`: who are you.
+    Home,
+    /// `GET /heartbeat`: are you alive.
+    Heartbeat,
+    /// `POST /config`: take this schema and these shards.
+    Config(ConfigReq),
+    /// `GET /copy`: every row of these shards.
+    Copy(CopyReq),
+    /// `POST /read`: rows of one shard in a key range.
+    Read(ReadReq),
+    /// `POST /write`: add rows to one shard.
+    Write(WriteReq),
+    /// `PUT /update`: replace one row.
+    Update(UpdateReq),
+    /// `DELETE /del`: remove one row.
+    Delete(DeleteReq),
+}
+
+impl Request {
+    /// Short name of the command, for logs and metrics labels.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Home => "home",
+            Request::Heartbeat => "heartbeat",
+            Request::Config(_) => "config",
+            Request::Copy(_) => "copy",
+            Request::Read(_) => "read",
+            Request::Write(_) => "write",
+            Request::Update(_) => "update",
+            Request::Delete(_) => "delete",
+        }
+    }
+}
+
+/// Configure a node: the table schema and the shards it holds.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ConfigReq {
+    /// The table's schema.
+    pub schema: Schema,
+    /// Shards this node holds, with their ranges where known.
+    pub shards: Vec<ShardSpec>,
+}
+
+/// Ask for every row of some shards.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct CopyReq {
+    /// Shards to copy; each must be held by the node.
+    pub shards: Vec<ShardId>,
+}
+
+/// Read one shard's rows with `low <= key <= high` (inclusive both ends).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ReadReq {
+    /// The shard to read.
+    pub shard: ShardId,
+    /// Smallest key wanted.
+    pub low: i64,
+    /// Largest key wanted.
+    pub high: i64,
+}
+
+/// Add rows to one shard; all or nothing.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct WriteReq {
+    /// The shard to write.
+    pub shard: ShardId,
+    /// The row count the caller believes the shard has (`curr_idx` of the contract).
+    pub curr_idx: Option<u64>,
+    /// Rows to add; none of their keys may exist yet.
+    pub rows: Vec<Row>,
+}
+
+/// Replace the row with key `key`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct UpdateReq {
+    /// The shard holding the row.
+    pub shard: ShardId,
+    /// Key of the row to replace; must equal `row.key`.
+    pub key: i64,
+    /// The new row.
+    pub row: Row,
+}
+
+/// Remove the row with key `key`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct DeleteReq {
+    /// The shard holding the row.
+    pub shard: ShardId,
+    /// Key of the row to remove.
+    pub key: i64,
+}
+
+/// A successful answer, one variant per command.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum Response {
+    /// Answer to [`Request::Home`].
+    Home {
+        /// The server's name.
+        name: String,
+    },
+    /// Answer to [`Request::Heartbeat`].
+    Heartbeat,
+    /// Answer to [`Request::Config`].
+    Configured {
+        /// The server's name.
+        name: String,
+        /// The shards now configured.
+        shards: Vec<ShardId>,
+    },
+    /// Answer to [`Request::Copy`].
+    Copy {
+        /// Each requested shard with all its rows, in key order.
+        shards: Vec<(ShardId, Vec<Row>)>,
+    },
+    /// Answer to [`Request::Read`].
+    Read {
+        /// Matching rows in key order.
+        rows: Vec<Row>,
+        /// The replica's applied LSN for the shard, so the router can raise its own.
+        applied_lsn: Lsn,
+    },
+    /// Answer to [`Request::Write`].
+    Written {
+        /// Rows added.
+        count: u64,
+        /// The shard's row count after the write.
+        current_idx: u64,
+        /// LSN of the committed write.
+        lsn: Lsn,
+    },
+    /// Answer to [`Request::Update`].
+    Updated {
+        /// Key of the replaced row.
+        key: i64,
+        /// LSN of the committed update.
+        lsn: Lsn,
+    },
+    /// Answer to [`Request::Delete`].
+    Deleted {
+        /// Key of the removed row.
+        key: i64,
+        /// LSN of the committed delete.
+        lsn: Lsn,
+    },
+}
+
+/// What kind of failure an [`ErrorBody`] reports; decides the HTTP status.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is invalid; nothing was changed.
+    BadRequest,
+    /// The row or shard does not exist.
+    NotFound,
+    /// This replica is not the shard's primary; retry at `primary` when known.
+    NotPrimary {
+        /// Name of the primary this replica knows of.
+        primary: Option<String>,
+    },
+    /// The request carried an epoch older than the replica's.
+    StaleEpoch {
+        /// The replica's current epoch.
+        current: Epoch,
+    },
+    /// The request or its answer would exceed a size limit.
+    TooLarge,
+    /// The shard cannot serve right now (no majority, shutting down, ...); retry later.
+    Unavailable,
+    /// A fault of the server, not of the request.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The HTTP status the shims answer with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            ErrorKind::BadRequest => 400,
+            ErrorKind::NotFound => 404,
+            ErrorKind::NotPrimary { .. } | ErrorKind::StaleEpoch { .. } => 409,
+            ErrorKind::TooLarge => 413,
+            ErrorKind::Unavailable => 503,
+            ErrorKind::Internal => 500,
+        }
+    }
+}
+
+/// A failed answer: its kind and the message for the client.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// Message for the client, starting with `"<Error> "` as the contract requires.
+    pub message: String,
+}
+
+/// Prefix of every error message of the contract.
+pub const ERROR_PREFIX: &str = "<Error> ";
+
+impl ErrorBody {
+    /// An error of `kind`; `"<Error> "` is put in front of `message` unless already there,
+    /// so callers cannot forget it or double it.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ErrorBody {
+        let message = message.into();
+        let message = if message.starts_with(ERROR_PREFIX) {
+            message
+        } else {
+            format!("{ERROR_PREFIX}{message}")
+        };
+        ErrorBody { kind, message }
+    }
+
+    /// 400: the request is invalid.
+    pub fn bad_request(message: impl Into<String>) -> ErrorBody {
+        ErrorBody::new(ErrorKind::BadRequest, message)
+    }
+
+    /// 404: the row or shard does not exist.
+    pub fn not_found(message: impl Into<String>) -> ErrorBody {
+        ErrorBody::new(ErrorKind::NotFound, message)
+    }
+
+    /// 409: not the primary; `primary` is the one this replica knows of.
+    pub fn not_primary(primary: Option<String>, message: impl Into<String>) -> ErrorBody {
+        ErrorBody::new(ErrorKind::NotPrimary { primary }, message)
+    }
+
+    /// 409: the caller's epoch is older than `current`.
+    pub fn stale_epoch(current: Epoch, message: impl Into<String>) -> ErrorBody {
+        ErrorBody::new(ErrorKind::StaleEpoch { current }, message)
+    }
+
+    /// 413: over a size limit.
+    pub fn too_large(message: impl Into<String>) -> ErrorBody {
+        ErrorBody::new(ErrorKind::TooLarge, message)
+    }
+
+    /// 503: cannot serve now.
+    pub fn unavailable(message: impl Into<String>) -> ErrorBody {
+        ErrorBody::new(ErrorKind::Unavailable, message)
+    }
+
+    /// 500: a fault of the server.
+    pub fn internal(message: impl Into<String>) -> ErrorBody {
+        ErrorBody::new(ErrorKind::Internal, message)
+    }
+
+    /// The HTTP status of this error.
+    pub fn http_status(&self) -> u16 {
+        self.kind.http_status()
+    }
+}
+
+impl fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ErrorBody {}
+
+impl From<crate::json::FieldError> for ErrorBody {
+    fn from(e: crate::json::FieldError) -> ErrorBody {
+        ErrorBody::bad_request(e.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_contract() {
+        let cases = [
+            (ErrorBody::bad_request("x"), 400),
+            (ErrorBody::not_found("x"), 404),
+            (ErrorBody::not_primary(Some("Server3".into()), "x"), 409),
+            (ErrorBody::stale_epoch(7, "x"), 409),
+            (ErrorBody::too_large("x"), 413),
+            (ErrorBody::unavailable("x"), 503),
+            (ErrorBody::internal("x"), 500),
+        ];
+        for (body, status) in cases {
+            assert_eq!(body.http_status(), status, "{:?}", body.kind);
+        }
+    }
+
+    #[test]
+    fn messages_get_the_prefix_exactly_once() {
+        assert_eq!(ErrorBody::bad_request("no shard 'sh9'").message, "<Error> no shard 'sh9'");
+        assert_eq!(ErrorBody::not_found("<Error> gone").message, "<Error> gone");
+        assert_eq!(ErrorBody::internal("boom").to_string(), "<Error> boom");
+    }
+}

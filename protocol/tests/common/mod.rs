@@ -1,0 +1,138 @@
+//! proptest strategies for every protocol message, shared by the test targets.
+
+#![allow(dead_code)]
+
+use proptest::collection::vec;
+use proptest::option;
+use proptest::prelude::*;
+use protocol::*;
+
+pub fn value() -> impl Strategy<Value = protocol::Value> {
+    prop_oneof![
+        any::<i64>().prop_map(protocol::Value::Int),
+        // JSON has no NaN or infinity, and NaN != NaN would make round trips unprovable.
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(protocol::Value::Float),
+        ".{0,12}".prop_map(protocol::Value::Str),
+    ]
+}
+
+pub fn row() -> impl Strategy<Value = Row> {
+    (any::<i64>(), vec(value(), 0..5)).prop_map(|(key, values)| Row { key, values })
+}
+
+pub fn rows() -> impl Strategy<Value = Vec<Row>> {
+    vec(row(), 0..6)
+}
+
+pub fn dtype() -> impl Strategy<Value = DType> {
+    prop_oneof![Just(DType::Number), Just(DType::String)]
+}
+
+pub fn schema() -> impl Strategy<Value = Schema> {
+    vec(("[A-Za-z_]{1,10}", dtype()), 0..5).prop_map(|cols| Schema {
+        columns: cols.iter().map(|(c, _)| c.clone()).collect(),
+        dtypes: cols.into_iter().map(|(_, d)| d).collect(),
+    })
+}
+
+pub fn shard_id() -> impl Strategy<Value = ShardId> {
+    "sh[0-9]{1,3}"
+}
+
+pub fn shard_spec() -> impl Strategy<Value = ShardSpec> {
+    (shard_id(), option::of((any::<i64>(), any::<i64>())))
+        .prop_map(|(shard_id, range)| ShardSpec { shard_id, range })
+}
+
+pub fn request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        Just(Request::Home),
+        Just(Request::Heartbeat),
+        (schema(), vec(shard_spec(), 0..4))
+            .prop_map(|(schema, shards)| Request::Config(ConfigReq { schema, shards })),
+        vec(shard_id(), 0..4).prop_map(|shards| Request::Copy(CopyReq { shards })),
+        (shard_id(), any::<i64>(), any::<i64>())
+            .prop_map(|(shard, low, high)| Request::Read(ReadReq { shard, low, high })),
+        (shard_id(), option::of(any::<u64>()), rows())
+            .prop_map(|(shard, curr_idx, rows)| Request::Write(WriteReq { shard, curr_idx, rows })),
+        (shard_id(), any::<i64>(), row())
+            .prop_map(|(shard, key, row)| Request::Update(UpdateReq { shard, key, row })),
+        (shard_id(), any::<i64>())
+            .prop_map(|(shard, key)| Request::Delete(DeleteReq { shard, key })),
+    ]
+}
+
+pub fn response() -> impl Strategy<Value = Response> {
+    prop_oneof![
+        ".{0,10}".prop_map(|name| Response::Home { name }),
+        Just(Response::Heartbeat),
+        (".{0,10}", vec(shard_id(), 0..4))
+            .prop_map(|(name, shards)| Response::Configured { name, shards }),
+        vec((shard_id(), rows()), 0..3).prop_map(|shards| Response::Copy { shards }),
+        (rows(), any::<u64>()).prop_map(|(rows, applied_lsn)| Response::Read { rows, applied_lsn }),
+        (any::<u64>(), any::<u64>(), any::<u64>())
+            .prop_map(|(count, current_idx, lsn)| Response::Written { count, current_idx, lsn }),
+        (any::<i64>(), any::<u64>()).prop_map(|(key, lsn)| Response::Updated { key, lsn }),
+        (any::<i64>(), any::<u64>()).prop_map(|(key, lsn)| Response::Deleted { key, lsn }),
+    ]
+}
+
+pub fn error_kind() -> impl Strategy<Value = ErrorKind> {
+    prop_oneof![
+        Just(ErrorKind::BadRequest),
+        Just(ErrorKind::NotFound),
+        option::of("Server[0-9]{1,6}").prop_map(|primary| ErrorKind::NotPrimary { primary }),
+        any::<u64>().prop_map(|current| ErrorKind::StaleEpoch { current }),
+        Just(ErrorKind::TooLarge),
+        Just(ErrorKind::Unavailable),
+        Just(ErrorKind::Internal),
+    ]
+}
+
+pub fn error_body() -> impl Strategy<Value = ErrorBody> {
+    (error_kind(), ".{0,20}").prop_map(|(kind, message)| ErrorBody { kind, message })
+}
+
+pub fn request_frame() -> impl Strategy<Value = RequestFrame> {
+    (any::<u64>(), request()).prop_map(|(id, body)| RequestFrame { id, body })
+}
+
+pub fn response_frame() -> impl Strategy<Value = ResponseFrame> {
+    (any::<u64>(), prop_oneof![response().prop_map(Ok), error_body().prop_map(Err)])
+        .prop_map(|(id, body)| ResponseFrame { id, body })
+}
+
+/// Position of a request's variant; an exhaustive match, so adding a variant without a
+/// strategy above breaks the build of the tests.
+pub fn request_variant(r: &Request) -> usize {
+    match r {
+        Request::Home => 0,
+        Request::Heartbeat => 1,
+        Request::Config(_) => 2,
+        Request::Copy(_) => 3,
+        Request::Read(_) => 4,
+        Request::Write(_) => 5,
+        Request::Update(_) => 6,
+        Request::Delete(_) => 7,
+    }
+}
+
+/// Number of request variants known to [`request_variant`].
+pub const REQUEST_VARIANTS: usize = 8;
+
+/// Position of a response's variant (see [`request_variant`]).
+pub fn response_variant(r: &Response) -> usize {
+    match r {
+        Response::Home { .. } => 0,
+        Response::Heartbeat => 1,
+        Response::Configured { .. } => 2,
+        Response::Copy { .. } => 3,
+        Response::Read { .. } => 4,
+        Response::Written { .. } => 5,
+        Response::Updated { .. } => 6,
+        Response::Deleted { .. } => 7,
+    }
+}
+
+/// Number of response variants known to [`response_variant`].
+pub const RESPONSE_VARIANTS: usize = 8;
