@@ -1,1 +1,97 @@
-fn main() {}
+//! `shardgate`: the command line of the load balancer, the shard manager and the nodes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "shardgate",
+    version,
+    about = "Consistent-hashing load balancer and sharded, replicated, WAL-backed database"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one storage server (a node): the server endpoints over HTTP and the binary protocol.
+    Node {
+        /// The server's name, its [ID] in answers (`Hello from Server: NAME`).
+        #[arg(long)]
+        name: String,
+        /// Address of the binary protocol listener.
+        #[arg(long, default_value = "127.0.0.1:8001")]
+        listen: SocketAddr,
+        /// Address of the HTTP shim.
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        http: SocketAddr,
+        /// Directory of the node's shard replicas (default ./data/NAME).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("shardgate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Node { name, listen, http, data_dir } => {
+                let data_dir = data_dir.unwrap_or_else(|| PathBuf::from("data").join(&name));
+                let cfg = node::NodeConfig {
+                    name,
+                    listen,
+                    http: Some(http),
+                    data_dir,
+                    shard: node::ShardOptions::default(),
+                };
+                node::run(cfg, shutdown_signal()).await.map_err(|e| e.to_string())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shardgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,1 +1,29 @@
-//! shardgate node (under construction).
+//! `node`: one shardgate storage server.
+//!
+//! A node holds shard replicas, each in its own write-ahead log, and answers the contract's
+//! server endpoints through two doors: the binary protocol (balancer, manager, other nodes,
+//! the Rust client) and a thin HTTP/1.1 shim (curl and the original Python clients). Both
+//! doors turn a request into a [`protocol::Request`] and call [`Node::handle`].
+//!
+//! # Layout
+//! - `server`: start (open the data, bind both doors) and graceful shutdown.
+//! - `node`: the shard replicas of this server and the request handlers.
+//! - `shard`: one replica: rows, WAL, and the committer where writes become durable.
+//! - `snapshot`: checkpoint files, so restarts replay only the log after them.
+//! - `binary`: the binary door (pipelined requests, answers in any order).
+//! - `http`: the HTTP shim and the contract's JSON.
+//! - `error`: [`Error`] and [`Result`].
+
+mod binary;
+mod error;
+mod http;
+mod node;
+mod server;
+mod shard;
+mod snapshot;
+
+pub use error::{Error, Result};
+pub use http::MAX_HTTP_BODY_BYTES;
+pub use node::Node;
+pub use server::{run, NodeConfig, NodeServer};
+pub use shard::{Change, Progress, Shard, ShardMeta, ShardOptions};

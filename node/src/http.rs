@@ -1,0 +1,295 @@
+//! The HTTP shim: HTTP/1.1 (hyper's connection handling, no framework) translated to the
+//! same [`Request`]s the binary door serves, and their answers to the contract's JSON.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, StatusCode};
+use protocol::json::{key_field, row_from_json, rows_from_json, rows_to_json};
+use protocol::{
+    ConfigReq, CopyReq, DeleteReq, ErrorBody, ReadReq, Request, Response, UpdateReq, WriteReq,
+};
+use serde_json::{json, Value as Json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::node::Node;
+
+/// Largest request body accepted; a larger one gets 413.
+pub const MAX_HTTP_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// A client must send a request's headers within this time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+type HttpResponse = hyper::Response<Full<Bytes>>;
+
+/// Accepts HTTP connections until `cancel`; each connection finishes its current request.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    node: Arc<Node>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "http accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let node = node.clone();
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let service = hyper::service::service_fn(move |req| {
+                let node = node.clone();
+                async move { Ok::<_, Infallible>(handle(&node, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(io, service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "http connection ended");
+                    }
+                }
+                _ = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
+
+async fn handle(node: &Node, req: hyper::Request<Incoming>) -> HttpResponse {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let body = match Limited::new(req.into_body(), MAX_HTTP_BODY_BYTES).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let err = if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                ErrorBody::too_large(format!(
+                    "request body is larger than {MAX_HTTP_BODY_BYTES} bytes"
+                ))
+            } else {
+                ErrorBody::bad_request(format!("cannot read the request body: {e}"))
+            };
+            return error_response(&err);
+        }
+    };
+    match route(node, &method, &path, &body).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    }
+}
+
+/// Which methods each endpoint takes: the contract's, plus POST where original clients
+/// send a body with GET or DELETE.
+fn allowed(path: &str) -> Option<&'static [Method]> {
+    Some(match path {
+        "/home" | "/heartbeat" => &[Method::GET],
+        "/config" => &[Method::POST, Method::PUT],
+        "/copy" | "/read" => &[Method::GET, Method::POST],
+        "/write" => &[Method::POST, Method::PUT],
+        "/update" => &[Method::PUT, Method::POST],
+        "/del" => &[Method::DELETE, Method::POST],
+        _ => return None,
+    })
+}
+
+async fn route(
+    node: &Node,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+) -> Result<HttpResponse, ErrorBody> {
+    let Some(methods) = allowed(path) else {
+        return Err(ErrorBody::not_found(format!("'{path}' endpoint does not exist in server")));
+    };
+    if !methods.contains(method) {
+        return Ok(json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({
+                "message": format!("<Error> method {method} is not allowed on '{path}'"),
+                "status": "failure"
+            }),
+        ));
+    }
+    if path == "/heartbeat" {
+        return Ok(empty_response(StatusCode::OK));
+    }
+    if path == "/home" {
+        let _ = node.handle(Request::Home).await?;
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"message": format!("Hello from Server: {}", node.name()), "status": "successful"}),
+        ));
+    }
+    let body = parse_body(body)?;
+    // The schema that rows of a read answer are written back with.
+    let mut read_schema = None;
+    let req = match path {
+        "/config" => Request::Config(ConfigReq {
+            schema: protocol::json::schema_from_json(field(&body, "schema")?)?,
+            shards: protocol::json::shard_specs_from_json(field(&body, "shards")?)?,
+        }),
+        "/copy" => Request::Copy(CopyReq { shards: string_list(&body, "shards")? }),
+        "/read" => {
+            let range = field(&body, "Stud_id")?;
+            if !range.is_object() {
+                return Err(ErrorBody::bad_request(
+                    "field 'Stud_id' must be an object {\"low\": ..., \"high\": ...}",
+                ));
+            }
+            let shard = string_field(&body, "shard")?;
+            read_schema = Some(node.schema_of(&shard)?);
+            Request::Read(ReadReq {
+                shard,
+                low: key_field(range, "low")?,
+                high: key_field(range, "high")?,
+            })
+        }
+        "/write" => {
+            let shard = string_field(&body, "shard")?;
+            let schema = node.schema_of(&shard)?;
+            let curr_idx = match body.get("curr_idx") {
+                None | Some(Json::Null) => None,
+                Some(v) => Some(v.as_u64().ok_or_else(|| {
+                    ErrorBody::bad_request("field 'curr_idx' must be a non-negative integer")
+                })?),
+            };
+            Request::Write(WriteReq {
+                rows: rows_from_json(&schema, field(&body, "data")?)?,
+                shard,
+                curr_idx,
+            })
+        }
+        "/update" => {
+            let shard = string_field(&body, "shard")?;
+            let schema = node.schema_of(&shard)?;
+            let key = key_field(&body, "Stud_id")?;
+            let row = row_from_json(&schema, field(&body, "data")?)?;
+            Request::Update(UpdateReq { shard, key, row })
+        }
+        "/del" => Request::Delete(DeleteReq {
+            shard: string_field(&body, "shard")?,
+            key: key_field(&body, "Stud_id")?,
+        }),
+        _ => {
+            return Err(ErrorBody::not_found(format!("'{path}' endpoint does not exist in server")))
+        }
+    };
+    let answer = node.handle(req).await?;
+    Ok(json_response(StatusCode::OK, &answer_json(node, answer, read_schema.as_ref())?))
+}
+
+/// The contract's JSON for a successful answer.
+fn answer_json(
+    node: &Node,
+    answer: Response,
+    read_schema: Option<&protocol::Schema>,
+) -> Result<Json, ErrorBody> {
+    Ok(match answer {
+        Response::Home { name } => {
+            json!({"message": format!("Hello from Server: {name}"), "status": "successful"})
+        }
+        Response::Heartbeat => json!({"status": "success"}),
+        Response::Configured { name, shards } => {
+            let list: Vec<String> = shards.iter().map(|s| format!("{name}:{s}")).collect();
+            json!({"message": format!("{} configured", list.join(", ")), "status": "success"})
+        }
+        Response::Copy { shards } => {
+            let mut out = serde_json::Map::new();
+            for (id, rows) in shards {
+                let schema = node.schema_of(&id)?;
+                out.insert(id, rows_to_json(&schema, &rows));
+            }
+            out.insert("status".into(), json!("success"));
+            Json::Object(out)
+        }
+        Response::Read { rows, .. } => {
+            let data = match read_schema {
+                Some(schema) => rows_to_json(schema, &rows),
+                None => return Err(ErrorBody::internal("read answer without its schema")),
+            };
+            json!({"data": data, "status": "success"})
+        }
+        Response::Written { current_idx, .. } => {
+            json!({"message": "Data entries added", "current_idx": current_idx, "status": "success"})
+        }
+        Response::Updated { key, .. } => {
+            json!({"message": format!("Data entry for Stud_id:{key} updated"), "status": "success"})
+        }
+        Response::Deleted { key, .. } => {
+            json!({"message": format!("Data entry with Stud_id:{key} removed"), "status": "success"})
+        }
+    })
+}
+
+fn parse_body(body: &[u8]) -> Result<Json, ErrorBody> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(ErrorBody::bad_request("request body must be a JSON object"));
+    }
+    let v: Json = serde_json::from_slice(body)
+        .map_err(|e| ErrorBody::bad_request(format!("request body is not valid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(ErrorBody::bad_request("request body must be a JSON object"));
+    }
+    Ok(v)
+}
+
+fn field<'a>(body: &'a Json, name: &str) -> Result<&'a Json, ErrorBody> {
+    body.get(name).ok_or_else(|| ErrorBody::bad_request(format!("missing field '{name}'")))
+}
+
+fn string_field(body: &Json, name: &str) -> Result<String, ErrorBody> {
+    match field(body, name)? {
+        Json::String(s) => Ok(s.clone()),
+        _ => Err(ErrorBody::bad_request(format!("field '{name}' must be a string"))),
+    }
+}
+
+fn string_list(body: &Json, name: &str) -> Result<Vec<String>, ErrorBody> {
+    let wrong = || ErrorBody::bad_request(format!("field '{name}' must be an array of strings"));
+    field(body, name)?
+        .as_array()
+        .ok_or_else(wrong)?
+        .iter()
+        .map(|v| v.as_str().map(str::to_string).ok_or_else(wrong))
+        .collect()
+}
+
+fn error_response(e: &ErrorBody) -> HttpResponse {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(status, &json!({"message": e.message, "status": "failure"}))
+}
+
+fn json_response(status: StatusCode, body: &Json) -> HttpResponse {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut r = hyper::Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn empty_response(status: StatusCode) -> HttpResponse {
+    let mut r = hyper::Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = status;
+    r
+}

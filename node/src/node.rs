@@ -1,0 +1,238 @@
+//! The node: its shard replicas and the handlers both doors (binary and HTTP) call.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use protocol::{
+    ConfigReq, CopyReq, DeleteReq, ErrorBody, ReadReq, Request, Response, Schema, ShardId,
+    UpdateReq, WriteReq,
+};
+
+use crate::error::{Error, Result};
+use crate::shard::{Change, Shard, ShardMeta, ShardOptions, META_FILE};
+
+/// Directory under the data dir that holds one directory per shard replica.
+const SHARDS_DIR: &str = "shards";
+/// Longest shard id accepted (it names a directory).
+const MAX_SHARD_ID_LEN: usize = 64;
+
+/// One storage server.
+pub struct Node {
+    name: String,
+    data_dir: PathBuf,
+    opts: ShardOptions,
+    shards: RwLock<HashMap<ShardId, Arc<Shard>>>,
+    /// Serializes `/config` calls, which create directories.
+    config_lock: tokio::sync::Mutex<()>,
+}
+
+impl Node {
+    /// Opens the node's data directory (creating it) and every shard replica in it.
+    pub fn open(name: &str, data_dir: &Path, opts: ShardOptions) -> Result<Node> {
+        let shards_dir = data_dir.join(SHARDS_DIR);
+        std::fs::create_dir_all(&shards_dir)
+            .map_err(|e| Error::io("create data directory", &shards_dir, e))?;
+        let mut shards = HashMap::new();
+        let entries = std::fs::read_dir(&shards_dir)
+            .map_err(|e| Error::io("list shard directories", &shards_dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("list shard directories", &shards_dir, e))?;
+            let dir = entry.path();
+            if !dir.join(META_FILE).exists() {
+                continue;
+            }
+            let shard = Shard::open(&dir, opts.clone())?;
+            tracing::info!(shard = shard.id(), rows = shard.row_count(), "shard recovered");
+            shards.insert(shard.id().to_string(), Arc::new(shard));
+        }
+        Ok(Node {
+            name: name.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            opts,
+            shards: RwLock::new(shards),
+            config_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The server's name (its `[ID]`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The replica of `id`, or the contract's 400 naming it.
+    pub fn shard(&self, id: &str) -> std::result::Result<Arc<Shard>, ErrorBody> {
+        self.shards.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned().ok_or_else(|| {
+            ErrorBody::bad_request(format!("{} does not hold shard {id}", self.name))
+        })
+    }
+
+    /// The schema of shard `id` (the HTTP shim needs it to parse rows).
+    pub fn schema_of(&self, id: &str) -> std::result::Result<Schema, ErrorBody> {
+        Ok(self.shard(id)?.meta().schema)
+    }
+
+    /// Every shard replica, for shutdown and tests.
+    pub fn shards(&self) -> Vec<Arc<Shard>> {
+        self.shards.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    /// Answers one request; both doors call this.
+    pub async fn handle(&self, req: Request) -> std::result::Result<Response, ErrorBody> {
+        match req {
+            Request::Home => Ok(Response::Home { name: self.name.clone() }),
+            Request::Heartbeat => Ok(Response::Heartbeat),
+            Request::Config(c) => self.configure(c).await,
+            Request::Copy(c) => self.copy(c),
+            Request::Read(r) => self.read(r),
+            Request::Write(w) => self.write(w).await,
+            Request::Update(u) => self.update(u).await,
+            Request::Delete(d) => self.delete(d).await,
+        }
+    }
+
+    async fn configure(&self, c: ConfigReq) -> std::result::Result<Response, ErrorBody> {
+        if let Err(m) = c.schema.validate() {
+            return Err(ErrorBody::bad_request(m));
+        }
+        if c.shards.is_empty() {
+            return Err(ErrorBody::bad_request("field 'shards' must name at least one shard"));
+        }
+        let _serial = self.config_lock.lock().await;
+        // Check everything before changing anything.
+        let mut seen = std::collections::HashSet::new();
+        for spec in &c.shards {
+            check_shard_id(&spec.shard_id)?;
+            if !seen.insert(spec.shard_id.as_str()) {
+                return Err(ErrorBody::bad_request(format!(
+                    "shard {} is named twice",
+                    spec.shard_id
+                )));
+            }
+            if let Ok(existing) = self.shard(&spec.shard_id) {
+                let meta = existing.meta();
+                if meta.schema != c.schema {
+                    return Err(ErrorBody::bad_request(format!(
+                        "shard {} is already configured with another schema",
+                        spec.shard_id
+                    )));
+                }
+                if let (Some(old), Some(new)) = (meta.spec.range, spec.range) {
+                    if old != new {
+                        return Err(ErrorBody::bad_request(format!(
+                            "shard {} already has the range Stud_id {} to {}",
+                            spec.shard_id,
+                            old.0,
+                            old.0 + old.1 - 1
+                        )));
+                    }
+                }
+            }
+        }
+        for spec in &c.shards {
+            if let Ok(existing) = self.shard(&spec.shard_id) {
+                if let (None, Some(range)) = (existing.meta().spec.range, spec.range) {
+                    let shard = existing.clone();
+                    blocking(move || shard.set_range(range)).await?;
+                }
+                continue;
+            }
+            let dir = self.data_dir.join(SHARDS_DIR).join(&spec.shard_id);
+            let meta = ShardMeta { spec: spec.clone(), schema: c.schema.clone() };
+            let opts = self.opts.clone();
+            let shard = blocking(move || Shard::create(&dir, meta, opts)).await?;
+            self.shards
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(spec.shard_id.clone(), Arc::new(shard));
+        }
+        Ok(Response::Configured {
+            name: self.name.clone(),
+            shards: c.shards.into_iter().map(|s| s.shard_id).collect(),
+        })
+    }
+
+    fn copy(&self, c: CopyReq) -> std::result::Result<Response, ErrorBody> {
+        let shards =
+            c.shards.iter().map(|id| self.shard(id)).collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(Response::Copy {
+            shards: shards.iter().map(|s| (s.id().to_string(), s.all_rows())).collect(),
+        })
+    }
+
+    fn read(&self, r: ReadReq) -> std::result::Result<Response, ErrorBody> {
+        if r.low > r.high {
+            return Err(ErrorBody::bad_request(format!(
+                "low ({}) is greater than high ({})",
+                r.low, r.high
+            )));
+        }
+        let (rows, applied_lsn) = self.shard(&r.shard)?.read(r.low, r.high);
+        Ok(Response::Read { rows, applied_lsn })
+    }
+
+    async fn write(&self, w: WriteReq) -> std::result::Result<Response, ErrorBody> {
+        let shard = self.shard(&w.shard)?;
+        let count = w.rows.len() as u64;
+        if count == 0 {
+            let lsn = shard.progress().applied;
+            return Ok(Response::Written { count: 0, current_idx: shard.row_count(), lsn });
+        }
+        let (lsn, current_idx) = shard.propose(Change::Insert(w.rows))?;
+        shard.wait_applied(lsn).await?;
+        Ok(Response::Written { count, current_idx, lsn })
+    }
+
+    async fn update(&self, u: UpdateReq) -> std::result::Result<Response, ErrorBody> {
+        if u.key != u.row.key {
+            return Err(ErrorBody::bad_request(format!(
+                "data.Stud_id ({}) differs from Stud_id ({})",
+                u.row.key, u.key
+            )));
+        }
+        let shard = self.shard(&u.shard)?;
+        let (lsn, _) = shard.propose(Change::Update(u.row))?;
+        shard.wait_applied(lsn).await?;
+        Ok(Response::Updated { key: u.key, lsn })
+    }
+
+    async fn delete(&self, d: DeleteReq) -> std::result::Result<Response, ErrorBody> {
+        let shard = self.shard(&d.shard)?;
+        let (lsn, _) = shard.propose(Change::Delete(d.key))?;
+        shard.wait_applied(lsn).await?;
+        Ok(Response::Deleted { key: d.key, lsn })
+    }
+
+    /// Stops every shard's committer once it has made durable what was appended.
+    pub fn close(&self) {
+        for s in self.shards() {
+            s.close();
+        }
+    }
+}
+
+/// Shard ids name directories: letters, digits, `_`, `-` and `.`, not starting with `.`.
+fn check_shard_id(id: &str) -> std::result::Result<(), ErrorBody> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_SHARD_ID_LEN
+        && !id.starts_with('.')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ErrorBody::bad_request(format!(
+            "invalid shard id {id:?}: use 1 to {MAX_SHARD_ID_LEN} letters, digits, '_', '-' or '.'"
+        )))
+    }
+}
+
+/// Runs file-system work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> std::result::Result<T, ErrorBody> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ErrorBody::internal(e.to_string())),
+        Err(e) => Err(ErrorBody::internal(format!("storage task failed: {e}"))),
+    }
+}

@@ -1,0 +1,120 @@
+//! Starting and stopping a node: open the data directory, bind both doors, serve until told
+//! to stop, then finish what is in flight and make it durable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::{Error, Result};
+use crate::node::Node;
+use crate::shard::ShardOptions;
+
+/// How long shutdown waits for in-flight requests before it stops anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How to run a node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The server's name (`Server0`).
+    pub name: String,
+    /// Address of the binary protocol listener.
+    pub listen: SocketAddr,
+    /// Address of the HTTP shim; `None` runs without it.
+    pub http: Option<SocketAddr>,
+    /// Where the shard replicas live.
+    pub data_dir: PathBuf,
+    /// Tunables of every shard replica.
+    pub shard: ShardOptions,
+}
+
+/// A running node.
+pub struct NodeServer {
+    node: Arc<Node>,
+    binary_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl NodeServer {
+    /// Opens the node's data (recovering every shard) and starts serving.
+    pub async fn start(cfg: NodeConfig) -> Result<NodeServer> {
+        let (name, dir, opts) = (cfg.name.clone(), cfg.data_dir.clone(), cfg.shard.clone());
+        let node = tokio::task::spawn_blocking(move || Node::open(&name, &dir, opts))
+            .await
+            .map_err(|e| Error::io("open node", &cfg.data_dir, std::io::Error::other(e)))??;
+        let node = Arc::new(node);
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::io("bind", std::path::Path::new(&addr.to_string()), e))
+        };
+        let binary = bind(cfg.listen).await?;
+        let binary_addr = binary
+            .local_addr()
+            .map_err(|e| Error::io("bind", std::path::Path::new("binary"), e))?;
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let http_addr = match cfg.http {
+            Some(addr) => {
+                let l = bind(addr).await?;
+                let a = l
+                    .local_addr()
+                    .map_err(|e| Error::io("bind", std::path::Path::new("http"), e))?;
+                tracker.spawn(crate::http::serve(l, node.clone(), cancel.clone(), tracker.clone()));
+                Some(a)
+            }
+            None => None,
+        };
+        tracker.spawn(crate::binary::serve(binary, node.clone(), cancel.clone(), tracker.clone()));
+        Ok(NodeServer { node, binary_addr, http_addr, cancel, tracker })
+    }
+
+    /// The node itself.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Where the binary protocol listens.
+    pub fn binary_addr(&self) -> SocketAddr {
+        self.binary_addr
+    }
+
+    /// Where the HTTP shim listens.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to a grace period), then makes
+    /// everything appended durable and stops the shards.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait()).await.is_err() {
+            tracing::warn!("in-flight requests did not finish within the grace period");
+        }
+        let node = self.node.clone();
+        let _ = tokio::task::spawn_blocking(move || node.close()).await;
+    }
+}
+
+/// Runs a node until `shutdown` completes, then stops it cleanly.
+pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let server = NodeServer::start(cfg.clone()).await?;
+    tracing::info!(
+        name = %cfg.name,
+        binary = %server.binary_addr(),
+        http = ?server.http_addr(),
+        data_dir = %cfg.data_dir.display(),
+        "node serving"
+    );
+    shutdown.await;
+    tracing::info!(name = %cfg.name, "node stopping");
+    server.shutdown().await;
+    Ok(())
+}
