@@ -42,7 +42,9 @@ pub struct Http {
 
 impl Http {
     pub async fn connect(addr: SocketAddr) -> Http {
-        Http { stream: BufReader::new(TcpStream::connect(addr).await.unwrap()) }
+        let s = TcpStream::connect(addr).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        Http { stream: BufReader::new(s) }
     }
 
     /// Sends raw body bytes; returns the status and the body parsed as JSON (Null if empty).
@@ -51,9 +53,10 @@ impl Http {
             "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
-        let s = self.stream.get_mut();
-        s.write_all(head.as_bytes()).await.unwrap();
-        s.write_all(body).await.unwrap();
+        // One write: a head and a body in two segments would wait out Nagle + delayed ACK.
+        let mut msg = head.into_bytes();
+        msg.extend_from_slice(body);
+        self.stream.get_mut().write_all(&msg).await.unwrap();
         let mut status_line = String::new();
         self.stream.read_line(&mut status_line).await.unwrap();
         let status: u16 = status_line.split_whitespace().nth(1).expect("status").parse().unwrap();
