@@ -19,11 +19,13 @@
 //! - `reader`: the task that decodes answers and completes the waiting calls.
 //! - `pool`: [`Pool`], one connection per address, reconnecting when one has closed.
 //! - `error`: [`Error`] (opening a connection) and [`CallError`] (one call).
+//! - `http`: [`HttpClient`], a minimal keep-alive HTTP/1.1 JSON client for the HTTP shims.
 
 #![warn(missing_docs)]
 
 mod connection;
 mod error;
+mod http;
 mod pending;
 mod pool;
 mod reader;
@@ -33,4 +35,5 @@ pub use connection::{
     ConnectOptions, Connection, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, WRITE_QUEUE_LEN,
 };
 pub use error::{CallError, Error, Result};
+pub use http::{HttpClient, HttpReply};
 pub use pool::Pool;

@@ -6,8 +6,6 @@ use std::net::SocketAddr;
 
 use node::{NodeConfig, NodeServer, ShardOptions};
 use serde_json::{json, Value as Json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 /// The contract's schema.
 pub fn schema() -> Json {
@@ -35,54 +33,22 @@ pub async fn start(name: &str, dir: &std::path::Path) -> NodeServer {
     NodeServer::start(config(name, dir, ShardOptions::default())).await.unwrap()
 }
 
-/// One keep-alive HTTP/1.1 connection.
-pub struct Http {
-    stream: BufReader<TcpStream>,
-}
+/// One keep-alive HTTP/1.1 connection that fails the test on transport errors.
+pub struct Http(client::HttpClient);
 
 impl Http {
     pub async fn connect(addr: SocketAddr) -> Http {
-        let s = TcpStream::connect(addr).await.unwrap();
-        s.set_nodelay(true).unwrap();
-        Http { stream: BufReader::new(s) }
+        Http(client::HttpClient::connect(addr).await.unwrap())
     }
 
     /// Sends raw body bytes; returns the status and the body parsed as JSON (Null if empty).
     pub async fn raw(&mut self, method: &str, path: &str, body: &[u8]) -> (u16, Json) {
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        // One write: a head and a body in two segments would wait out Nagle + delayed ACK.
-        let mut msg = head.into_bytes();
-        msg.extend_from_slice(body);
-        self.stream.get_mut().write_all(&msg).await.unwrap();
-        let mut status_line = String::new();
-        self.stream.read_line(&mut status_line).await.unwrap();
-        let status: u16 = status_line.split_whitespace().nth(1).expect("status").parse().unwrap();
-        let mut len = 0usize;
-        loop {
-            let mut line = String::new();
-            self.stream.read_line(&mut line).await.unwrap();
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = line.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse().unwrap();
-                }
-            }
-        }
-        let mut buf = vec![0u8; len];
-        self.stream.read_exact(&mut buf).await.unwrap();
-        let js = if buf.is_empty() { Json::Null } else { serde_json::from_slice(&buf).unwrap() };
-        (status, js)
+        let reply = self.0.request(method, path, body).await.unwrap();
+        (reply.status, reply.json().unwrap())
     }
 
     pub async fn req(&mut self, method: &str, path: &str, body: Option<Json>) -> (u16, Json) {
-        let bytes = body.map(|b| serde_json::to_vec(&b).unwrap()).unwrap_or_default();
-        self.raw(method, path, &bytes).await
+        self.0.json(method, path, body.as_ref()).await.unwrap()
     }
 }
 
