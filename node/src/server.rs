@@ -1,6 +1,7 @@
 //! Starting and stopping a node: open the data directory, bind both doors, serve until told
 //! to stop, then finish what is in flight and make it durable.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -112,6 +113,15 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
         http = ?server.http_addr(),
         data_dir = %cfg.data_dir.display(),
         "node serving"
+    );
+    // One machine-readable line on stdout, for spawners and scripts that start nodes on
+    // port 0 and need to know where they listen.
+    let _ = writeln!(
+        std::io::stdout(),
+        "shardgate node {} listening binary={} http={}",
+        cfg.name,
+        server.binary_addr(),
+        server.http_addr().map_or_else(|| "-".to_string(), |a| a.to_string())
     );
     shutdown.await;
     tracing::info!(name = %cfg.name, "node stopping");
