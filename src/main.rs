@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 #[derive(Parser)]
 #[command(
     name = "shardgate",
@@ -34,6 +36,17 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Benchmarks; `bench node` measures one node's durable writes and reads.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Single-row durable writes and range reads against one node, binary and HTTP.
+    Node(bench::NodeBench),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +78,7 @@ fn main() -> ExitCode {
                 };
                 node::run(cfg, shutdown_signal()).await.map_err(|e| e.to_string())
             }
+            Command::Bench { what: BenchWhat::Node(b) } => bench::run(b).await,
         }
     });
     match result {

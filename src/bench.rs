@@ -1,0 +1,293 @@
+//! `shardgate bench node`: durable single-row writes and range reads against one node, over
+//! the binary protocol and over HTTP, from many concurrent clients; rows/s, p50 and p99.
+//!
+//! The node runs as its own process (a `shardgate node` child on a temp dir, unless
+//! `--binary`/`--http` name a running one), so the load generator and the server each have
+//! their own CPU accounting; on a 2-core machine they share both cores.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use protocol::{ConfigReq, ReadReq, Request, Row, Schema, ShardSpec, Value, WriteReq};
+use serde_json::json;
+use tokio::io::AsyncBufReadExt;
+
+/// What to measure, from the command line.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NodeBench {
+    /// Concurrent clients (each with its own connection).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Seconds each phase runs.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Keys per range read.
+    #[arg(long, default_value_t = 100)]
+    read_span: i64,
+    /// Binary address of a running node to measure instead of starting one.
+    #[arg(long, requires = "http")]
+    binary: Option<SocketAddr>,
+    /// HTTP address of that running node.
+    #[arg(long, requires = "binary")]
+    http: Option<SocketAddr>,
+    /// Where the started node keeps its data (default: a temp dir, removed after).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+const SHARD: &str = "bench";
+/// Keys of one client live in their own block.
+const KEYS_PER_CLIENT: i64 = 100_000_000;
+
+/// Runs every phase and prints the table.
+pub async fn run(b: NodeBench) -> Result<(), String> {
+    let tmp;
+    let mut child = None;
+    let (binary, http) = match (b.binary, b.http) {
+        (Some(bin), Some(http)) => (bin, http),
+        _ => {
+            let dir = match &b.data_dir {
+                Some(d) => d.clone(),
+                None => {
+                    tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+                    tmp.path().to_path_buf()
+                }
+            };
+            let (c, bin, http) = spawn_node(&dir).await?;
+            child = Some(c);
+            (bin, http)
+        }
+    };
+    let result = phases(&b, binary, http).await;
+    if let Some(mut c) = child {
+        let _ = c.kill().await;
+    }
+    let table = result?;
+    println!("| phase | clients | ops/s | p50 | p99 |");
+    println!("|---|---:|---:|---:|---:|");
+    for line in table {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+async fn spawn_node(
+    dir: &std::path::Path,
+) -> Result<(tokio::process::Child, SocketAddr, SocketAddr), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(["node", "--name", "BenchNode", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start the node: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    tokio::io::BufReader::new(stdout).read_line(&mut line).await.map_err(|e| e.to_string())?;
+    let field = |k: &str| -> Result<SocketAddr, String> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .ok_or_else(|| format!("node did not report {k}: {line:?}"))?
+            .parse()
+            .map_err(|e| format!("bad address in {line:?}: {e}"))
+    };
+    Ok((child, field("binary=")?, field("http=")?))
+}
+
+fn row(key: i64) -> Row {
+    Row {
+        key,
+        values: vec![Value::Int(key), Value::Str(format!("name{key}")), Value::Int(key % 100)],
+    }
+}
+
+async fn phases(
+    b: &NodeBench,
+    binary: SocketAddr,
+    http: SocketAddr,
+) -> Result<Vec<String>, String> {
+    let setup = client::Connection::connect(binary, "bench").await.map_err(|e| e.to_string())?;
+    let schema = Schema {
+        columns: vec!["Stud_id".into(), "Stud_name".into(), "Stud_marks".into()],
+        dtypes: vec![protocol::DType::Number, protocol::DType::String, protocol::DType::String],
+    };
+    setup
+        .call(Request::Config(ConfigReq {
+            schema,
+            shards: vec![ShardSpec::with_range(SHARD, 0, 1 << 40)],
+        }))
+        .await
+        .map_err(|e| format!("configure: {e}"))?;
+    let dur = Duration::from_secs_f64(b.seconds);
+    let mut out = Vec::new();
+
+    let written = run_phase(
+        b.clients,
+        dur,
+        |c, i| {
+            let key = c as i64 * KEYS_PER_CLIENT + i as i64;
+            Op::Binary(Request::Write(WriteReq {
+                shard: SHARD.into(),
+                curr_idx: None,
+                rows: vec![row(key)],
+            }))
+        },
+        binary,
+        http,
+    )
+    .await?;
+    out.push(written.line("binary write, 1 row, durable", b.clients));
+
+    let http_written = run_phase(b.clients, dur, |c, i| {
+        let key = c as i64 * KEYS_PER_CLIENT + KEYS_PER_CLIENT / 2 + i as i64;
+        Op::Http("POST", "/write", json!({"shard": SHARD, "data": [{"Stud_id": key, "Stud_name": format!("name{key}"), "Stud_marks": key % 100}]}))
+    }, binary, http)
+    .await?;
+    out.push(http_written.line("http write, 1 row, durable", b.clients));
+
+    let span = b.read_span;
+    let per_client = written.per_client.clone();
+    let read_key = move |c: usize, i: u64| {
+        let n = per_client.get(c).copied().unwrap_or(1).max(1);
+        c as i64 * KEYS_PER_CLIENT + (i % n) as i64
+    };
+    let rk = read_key.clone();
+    let reads = run_phase(
+        b.clients,
+        dur,
+        move |c, i| {
+            let low = rk(c, i);
+            Op::Binary(Request::Read(ReadReq { shard: SHARD.into(), low, high: low + span - 1 }))
+        },
+        binary,
+        http,
+    )
+    .await?;
+    out.push(reads.line(&format!("binary range read, {span} keys"), b.clients));
+    let http_reads = run_phase(
+        b.clients,
+        dur,
+        move |c, i| {
+            let low = read_key(c, i);
+            Op::Http(
+                "POST",
+                "/read",
+                json!({"shard": SHARD, "Stud_id": {"low": low, "high": low + span - 1}}),
+            )
+        },
+        binary,
+        http,
+    )
+    .await?;
+    out.push(http_reads.line(&format!("http range read, {span} keys"), b.clients));
+    Ok(out)
+}
+
+enum Op {
+    Binary(Request),
+    Http(&'static str, &'static str, serde_json::Value),
+}
+
+struct PhaseResult {
+    ops: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+    per_client: Vec<u64>,
+}
+
+impl PhaseResult {
+    fn line(&self, name: &str, clients: usize) -> String {
+        let mut l = self.latencies_us.clone();
+        l.sort_unstable();
+        let pct = |p: f64| {
+            l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
+        format!(
+            "| {name} | {clients} | {:.0} | {:.2} ms | {:.2} ms |",
+            self.ops as f64 / self.elapsed.as_secs_f64(),
+            pct(0.50) as f64 / 1000.0,
+            pct(0.99) as f64 / 1000.0
+        )
+    }
+}
+
+async fn run_phase<F>(
+    clients: usize,
+    dur: Duration,
+    make: F,
+    binary: SocketAddr,
+    http: SocketAddr,
+) -> Result<PhaseResult, String>
+where
+    F: Fn(usize, u64) -> Op + Send + Sync + Clone + 'static,
+{
+    let start = Instant::now();
+    let deadline = start + dur;
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let make = make.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut bin_conn = None;
+            let mut http_conn = None;
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let op = make(c, i);
+                let t = Instant::now();
+                match op {
+                    Op::Binary(req) => {
+                        if bin_conn.is_none() {
+                            bin_conn = Some(
+                                client::Connection::connect(binary, "bench")
+                                    .await
+                                    .map_err(|e| e.to_string())?,
+                            );
+                        }
+                        let conn = bin_conn.as_ref().ok_or("no connection")?;
+                        conn.call(req).await.map_err(|e| format!("binary call failed: {e}"))?;
+                    }
+                    Op::Http(method, path, body) => {
+                        if http_conn.is_none() {
+                            http_conn = Some(
+                                client::HttpClient::connect(http)
+                                    .await
+                                    .map_err(|e| e.to_string())?,
+                            );
+                        }
+                        let conn = http_conn.as_mut().ok_or("no connection")?;
+                        let (status, reply) = conn
+                            .json(method, path, Some(&body))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        if status != 200 {
+                            return Err(format!("http {path} answered {status}: {reply}"));
+                        }
+                    }
+                }
+                lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                i += 1;
+            }
+            Ok::<_, String>(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut per_client = Vec::new();
+    for t in tasks {
+        let lat = t.await.map_err(|e| e.to_string())??;
+        per_client.push(lat.len() as u64);
+        all.extend(lat);
+    }
+    Ok(PhaseResult {
+        ops: all.len() as u64,
+        elapsed: start.elapsed(),
+        latencies_us: all,
+        per_client,
+    })
+}
