@@ -239,6 +239,7 @@ fn answer_json(
         Response::Deleted { key, .. } => {
             json!({"message": format!("Data entry with Stud_id:{key} removed"), "status": "success"})
         }
+        other => return Err(ErrorBody::internal(format!("no JSON form for the answer {other:?}"))),
     })
 }
 

@@ -8,7 +8,9 @@
 //! # Layout
 //! - `server`: start (open the data, bind both doors) and graceful shutdown.
 //! - `node`: the shard replicas of this server and the request handlers.
-//! - `shard`: one replica: rows, WAL, and the committer where writes become durable.
+//! - `shard`: one replica: rows, WAL, role, and the commit rule (the replication rules are
+//!   written down there).
+//! - `replication`: adopt / promote / follow, the primary's senders, the secondary's side.
 //! - `snapshot`: checkpoint files, so restarts replay only the log after them.
 //! - `binary`: the binary door (pipelined requests, answers in any order).
 //! - `http`: the HTTP shim and the contract's JSON.
@@ -18,6 +20,7 @@ mod binary;
 mod error;
 mod http;
 mod node;
+mod replication;
 mod server;
 mod shard;
 mod snapshot;

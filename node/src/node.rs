@@ -42,7 +42,7 @@ impl Node {
             if !dir.join(META_FILE).exists() {
                 continue;
             }
-            let shard = Shard::open(&dir, opts.clone())?;
+            let shard = Shard::open(&dir, name, opts.clone())?;
             tracing::info!(shard = shard.id(), rows = shard.row_count(), "shard recovered");
             shards.insert(shard.id().to_string(), Arc::new(shard));
         }
@@ -88,6 +88,12 @@ impl Node {
             Request::Write(w) => self.write(w).await,
             Request::Update(u) => self.update(u).await,
             Request::Delete(d) => self.delete(d).await,
+            Request::Adopt(r) => self.shard(&r.shard)?.adopt(&r),
+            Request::Promote(r) => self.shard(&r.shard)?.promote(&r),
+            Request::Follow(r) => self.shard(&r.shard)?.follow(&r),
+            Request::Append(r) => self.shard(&r.shard)?.append(r).await,
+            Request::Snapshot(r) => self.shard(&r.shard)?.snapshot_chunk(r),
+            Request::ReplicaStatus(r) => Ok(Response::Replica(self.shard(&r.shard)?.status())),
         }
     }
 
@@ -123,7 +129,7 @@ impl Node {
                             "shard {} already has the range Stud_id {} to {}",
                             spec.shard_id,
                             old.0,
-                            old.0 + old.1 - 1
+                            old.0.saturating_add(old.1).saturating_sub(1)
                         )));
                     }
                 }
@@ -138,9 +144,9 @@ impl Node {
                 continue;
             }
             let dir = self.data_dir.join(SHARDS_DIR).join(&spec.shard_id);
-            let meta = ShardMeta { spec: spec.clone(), schema: c.schema.clone() };
-            let opts = self.opts.clone();
-            let shard = blocking(move || Shard::create(&dir, meta, opts)).await?;
+            let meta = ShardMeta::new(spec.clone(), c.schema.clone());
+            let (opts, name) = (self.opts.clone(), self.name.clone());
+            let shard = blocking(move || Shard::create(&dir, &name, meta, opts)).await?;
             self.shards
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
@@ -178,8 +184,8 @@ impl Node {
             let lsn = shard.progress().applied;
             return Ok(Response::Written { count: 0, current_idx: shard.row_count(), lsn });
         }
-        let (lsn, current_idx) = shard.propose(Change::Insert(w.rows))?;
-        shard.wait_applied(lsn).await?;
+        let (lsn, current_idx, generation) = shard.propose(Change::Insert(w.rows))?;
+        shard.wait_applied(lsn, generation).await?;
         Ok(Response::Written { count, current_idx, lsn })
     }
 
@@ -191,15 +197,15 @@ impl Node {
             )));
         }
         let shard = self.shard(&u.shard)?;
-        let (lsn, _) = shard.propose(Change::Update(u.row))?;
-        shard.wait_applied(lsn).await?;
+        let (lsn, _, generation) = shard.propose(Change::Update(u.row))?;
+        shard.wait_applied(lsn, generation).await?;
         Ok(Response::Updated { key: u.key, lsn })
     }
 
     async fn delete(&self, d: DeleteReq) -> std::result::Result<Response, ErrorBody> {
         let shard = self.shard(&d.shard)?;
-        let (lsn, _) = shard.propose(Change::Delete(d.key))?;
-        shard.wait_applied(lsn).await?;
+        let (lsn, _, generation) = shard.propose(Change::Delete(d.key))?;
+        shard.wait_applied(lsn, generation).await?;
         Ok(Response::Deleted { key: d.key, lsn })
     }
 

@@ -1,21 +1,51 @@
-//! One shard replica: its rows, its write-ahead log, and the committer thread that makes
-//! writes durable and applies them in log order.
+//! One shard replica: its rows, its write-ahead log, its role in the replica set, and the
+//! committer thread that makes writes durable and applies them in log order.
 //!
-//! Where a write is made durable: [`Shard::propose`] validates the change against the rows
-//! plus the changes still in flight, appends it to the WAL and queues it; the committer
-//! thread syncs the log (one sync for every write appended meanwhile: group commit), applies
-//! the synced changes to the rows in LSN order and publishes the applied LSN; the caller's
-//! [`Shard::wait_applied`] returns then, and only then is the write answered. Readers see
-//! only applied (durable) rows.
+//! # Where a write becomes durable, committed and visible
+//! 1. [`Shard::propose`] (primary or standalone only) validates the change against the rows
+//!    plus the changes still in flight, appends it to the local WAL at the primary's epoch
+//!    and queues it as *pending*; the replication senders wake up and ship it.
+//! 2. The committer thread syncs the local log (one sync for every record appended
+//!    meanwhile: group commit) and publishes the local durable LSN.
+//! 3. The commit LSN is recomputed whenever the local durable LSN or a secondary's
+//!    acknowledgement moves (see [`Core::commit_rule`]):
+//!    - standalone: the local durable LSN;
+//!    - primary: the LSN a quorum of voters (itself included) holds durably, and only once
+//!      that is at or past the *barrier*, the first record the primary wrote in its epoch;
+//!    - secondary: the primary's commit LSN, capped by what is durable here and by what is
+//!      known to equal the primary's log.
+//! 4. Pending changes up to the commit LSN are applied to the rows in LSN order, the applied
+//!    LSN is published, and only then is the write answered. Readers see applied rows only.
+//!
+//! # Why no acknowledged write is lost (the replication rules)
+//! - A write is acknowledged only once committed: durable on a quorum of the voters of the
+//!   primary's epoch.
+//! - Every replica persists the highest epoch it adopted (`shard.json`, synced) before it
+//!   answers `Adopt`, `Promote`, `Follow` or the first `Append` of a newer epoch, and refuses
+//!   any older epoch after that. An election first has a majority adopt E+1, so the old
+//!   primary can commit nothing more (its quorum would need one of them), and then promotes
+//!   the replica with the largest `(last_epoch, last_lsn)` among them, which therefore holds
+//!   every committed record.
+//! - A new primary first appends a barrier record of its epoch and counts commits only at or
+//!   past it, so records of earlier epochs become committed only together with a record of
+//!   its own epoch (the rule that makes "largest log wins" sound).
+//! - A secondary appends only records that extend its log exactly after the record the
+//!   primary names (`prev_lsn`, `prev_epoch`); where its log differs, it cuts its own tail,
+//!   which can only be uncommitted (the primary holds every committed record, and records
+//!   with the same LSN and epoch are the same record).
+//! - Nothing past the commit LSN is ever applied, so a cut never has to undo rows.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use protocol::{DType, Epoch, ErrorBody, Lsn, Row, Schema, ShardId, ShardSpec, Value};
+use protocol::{
+    DType, Epoch, ErrorBody, Lsn, Quorum, ReplicaInfo, Role, Row, Schema, ShardId, ShardSpec, Value,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use wal::Wal;
 
 use crate::error::{Error, Result};
@@ -25,9 +55,8 @@ use crate::snapshot;
 pub(crate) const META_FILE: &str = "shard.json";
 /// Directory of the shard's WAL inside its directory.
 const WAL_DIR: &str = "wal";
-
-/// WAL record kinds of a shard.
-const KIND_CHANGE: u8 = 1;
+/// WAL record kind of a [`Change`].
+pub(crate) const KIND_CHANGE: u8 = 1;
 
 /// A change to a shard, as logged (the payload of a WAL record).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -38,6 +67,8 @@ pub enum Change {
     Update(Row),
     /// A row removed.
     Delete(i64),
+    /// Nothing: the first record of a primary's epoch (see the module notes).
+    Barrier,
 }
 
 impl Change {
@@ -47,6 +78,7 @@ impl Change {
             Change::Insert(rows) => rows.iter().map(|r| (r.key, true)).collect(),
             Change::Update(row) => vec![(row.key, true)],
             Change::Delete(key) => vec![(*key, false)],
+            Change::Barrier => Vec::new(),
         }
     }
 
@@ -63,17 +95,38 @@ impl Change {
             Change::Delete(key) => {
                 rows.remove(&key);
             }
+            Change::Barrier => {}
         }
     }
 }
 
-/// What a shard replica is: persisted in `shard.json`.
+/// What a shard replica is: persisted in `shard.json` (synced) before anyone is told.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct ShardMeta {
     /// The shard's id and, when known, its key range.
     pub spec: ShardSpec,
     /// The table schema its rows follow.
     pub schema: Schema,
+    /// The highest epoch this replica adopted; older ones are refused.
+    #[serde(default)]
+    pub epoch: Epoch,
+    /// Its role at that epoch.
+    #[serde(default = "standalone")]
+    pub role: Role,
+    /// As primary: LSN of the barrier record of its epoch.
+    #[serde(default)]
+    pub barrier_lsn: Lsn,
+}
+
+fn standalone() -> Role {
+    Role::Standalone
+}
+
+impl ShardMeta {
+    /// A new standalone replica.
+    pub fn new(spec: ShardSpec, schema: Schema) -> ShardMeta {
+        ShardMeta { spec, schema, epoch: 0, role: Role::Standalone, barrier_lsn: 0 }
+    }
 }
 
 /// Tunables of a shard replica.
@@ -91,52 +144,90 @@ impl Default for ShardOptions {
     }
 }
 
-/// Progress the committer publishes.
+/// Progress the shard publishes to writers waiting for their change.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Progress {
-    /// Every change up to this LSN is durable and applied.
+    /// Every change up to this LSN is committed and applied.
     pub applied: Lsn,
+    /// Bumped on every role change: a writer that proposed under another generation may
+    /// never see its change committed by this replica.
+    pub generation: u64,
     /// Set when the log failed; no later write can be acknowledged.
     pub failed: Option<String>,
 }
 
 /// One shard replica on this node.
 pub struct Shard {
-    core: Arc<Core>,
+    pub(crate) core: Arc<Core>,
     committer: Mutex<Option<JoinHandle<()>>>,
 }
 
-struct Core {
-    id: ShardId,
-    dir: PathBuf,
-    wal: Wal,
-    state: Mutex<State>,
-    progress: watch::Sender<Progress>,
-    wake: Mutex<Wake>,
+/// What a replication sender knows of one peer.
+pub(crate) struct Peer {
+    /// The peer's log equals ours, durably, up to here.
+    pub match_lsn: Lsn,
+}
+
+/// A snapshot being received in chunks.
+pub(crate) struct IncomingSnapshot {
+    pub lsn: Lsn,
+    pub lsn_epoch: Epoch,
+    pub next_seq: u32,
+    pub rows: Vec<Row>,
+}
+
+pub(crate) struct Core {
+    pub id: ShardId,
+    pub node_name: String,
+    pub dir: PathBuf,
+    pub wal: Wal,
+    pub state: Mutex<State>,
+    /// Applied LSN, role generation, failure.
+    pub progress: watch::Sender<Progress>,
+    /// Local durable LSN, published by the committer after each sync.
+    pub durable: watch::Sender<Lsn>,
+    /// Bumped when there is something new for the replication senders (records, commit).
+    pub tick: watch::Sender<u64>,
+    pub wake: Mutex<Wake>,
     wake_cond: Condvar,
     opts: ShardOptions,
 }
 
-struct Wake {
-    appended: Lsn,
+pub(crate) struct Wake {
+    pub appended: Lsn,
     stop: bool,
 }
 
-struct State {
-    meta: ShardMeta,
-    /// Applied rows: durable, visible to readers.
-    rows: BTreeMap<i64, Row>,
-    applied_lsn: Lsn,
-    applied_epoch: Epoch,
-    /// Epoch new records are written in.
-    epoch: Epoch,
+pub(crate) struct State {
+    pub meta: ShardMeta,
+    /// Applied rows: committed, visible to readers.
+    pub rows: BTreeMap<i64, Row>,
+    pub applied_lsn: Lsn,
+    pub applied_epoch: Epoch,
+    pub commit_lsn: Lsn,
     /// Appended, not yet applied, in LSN order.
-    pending: VecDeque<(Lsn, Epoch, Change)>,
+    pub pending: VecDeque<(Lsn, Epoch, Change)>,
     /// For each key a pending change touches: the LSN of the last such change and whether
     /// the key exists after it. Validation reads this before `rows`.
     overlay: HashMap<i64, (Lsn, bool)>,
     /// Row count once every pending change is applied.
     visible_count: u64,
+    /// `(epoch, first lsn)` of each epoch in the local log, ascending.
+    pub epochs: Vec<(Epoch, Lsn)>,
+    /// The local log starts after this record: `(lsn, epoch)` (see `Wal::start`).
+    pub base: (Lsn, Epoch),
+    /// LSN of the latest checkpoint file.
+    pub checkpoint_lsn: Lsn,
+    /// As primary: the other members of the replica set.
+    pub peers: HashMap<String, Peer>,
+    /// As primary: stops the senders.
+    pub senders: Option<CancellationToken>,
+    /// As secondary: the local log equals the current primary's up to here.
+    pub matched_lsn: Lsn,
+    /// As secondary: the primary's commit LSN.
+    pub primary_commit: Lsn,
+    pub incoming: Option<IncomingSnapshot>,
+    pub generation: u64,
 }
 
 impl State {
@@ -163,6 +254,57 @@ impl State {
         check_row_shape(&self.meta.schema, row)?;
         self.check_range(row.key)
     }
+
+    /// Queues an appended change and records its effect for validation.
+    pub fn push_pending(&mut self, lsn: Lsn, epoch: Epoch, change: Change) {
+        for (key, exists) in change.effects() {
+            let before = self.exists(key);
+            if before != exists {
+                self.visible_count = if exists {
+                    self.visible_count + 1
+                } else {
+                    self.visible_count.saturating_sub(1)
+                };
+            }
+            self.overlay.insert(key, (lsn, exists));
+        }
+        if self.epochs.last().is_none_or(|&(e, _)| e != epoch) {
+            self.epochs.push((epoch, lsn));
+        }
+        self.pending.push_back((lsn, epoch, change));
+    }
+
+    /// Rebuilds the validation overlay after pending changes were dropped.
+    pub fn rebuild_overlay(&mut self) {
+        self.overlay.clear();
+        self.visible_count = self.rows.len() as u64;
+        let pending = std::mem::take(&mut self.pending);
+        let epochs = self.epochs.clone();
+        for (lsn, epoch, change) in pending {
+            self.push_pending(lsn, epoch, change);
+        }
+        self.epochs = epochs;
+    }
+
+    /// Epoch of the local record `lsn` (`None` when the log does not hold it).
+    pub fn epoch_at(&self, lsn: Lsn, last: Lsn) -> Option<Epoch> {
+        if lsn == self.base.0 {
+            return Some(self.base.1);
+        }
+        if lsn < self.base.0 || lsn > last {
+            return None;
+        }
+        let i = self.epochs.partition_point(|&(_, first)| first <= lsn);
+        Some(if i == 0 { self.base.1 } else { self.epochs[i - 1].0 })
+    }
+
+    /// Last local LSN whose epoch is at most `epoch`.
+    pub fn end_of_epoch(&self, epoch: Epoch, last: Lsn) -> Lsn {
+        match self.epochs.iter().find(|&&(e, _)| e > epoch) {
+            Some(&(_, first)) => first - 1,
+            None => last,
+        }
+    }
 }
 
 /// Checks that a row from the binary protocol fits the schema (JSON rows are checked when
@@ -178,19 +320,22 @@ fn check_row_shape(schema: &Schema, row: &Row) -> std::result::Result<(), ErrorB
         )));
     }
     for ((col, dtype), v) in schema.columns.iter().zip(&schema.dtypes).zip(&row.values) {
-        let ok = match (dtype, v) {
-            (DType::Number, Value::Str(s)) => {
-                protocol::json::parse_key(&serde_json::Value::String(s.clone())).is_some()
+        if let (DType::Number, Value::Str(s)) = (dtype, v) {
+            if protocol::json::parse_key(&serde_json::Value::String(s.clone())).is_none() {
+                return Err(ErrorBody::bad_request(format!("field '{col}' must be a number")));
             }
-            _ => true,
-        };
-        if !ok {
-            return Err(ErrorBody::bad_request(format!("field '{col}' must be a number")));
         }
         if col == protocol::KEY_COLUMN {
             let key = match v {
                 Value::Int(i) => Some(*i),
-                Value::Float(f) if f.fract() == 0.0 => Some(*f as i64),
+                // Only a float that names an i64 exactly ([-2^63, 2^63), no fraction).
+                Value::Float(f)
+                    if f.fract() == 0.0
+                        && *f >= -9.223_372_036_854_776e18
+                        && *f < 9.223_372_036_854_776e18 =>
+                {
+                    Some(*f as i64)
+                }
                 Value::Str(s) => s.parse().ok(),
                 _ => None,
             };
@@ -207,14 +352,23 @@ fn check_row_shape(schema: &Schema, row: &Row) -> std::result::Result<(), ErrorB
 
 impl Shard {
     /// Creates a new, empty shard replica in `dir` (which must not hold one).
-    pub fn create(dir: &Path, meta: ShardMeta, opts: ShardOptions) -> Result<Shard> {
+    pub fn create(
+        dir: &Path,
+        node_name: &str,
+        meta: ShardMeta,
+        opts: ShardOptions,
+    ) -> Result<Shard> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create shard directory", dir, e))?;
         write_meta(dir, &meta)?;
-        Shard::open(dir, opts)
+        Shard::open(dir, node_name, opts)
     }
 
     /// Opens the shard replica in `dir`: its description, latest checkpoint and log.
-    pub fn open(dir: &Path, opts: ShardOptions) -> Result<Shard> {
+    ///
+    /// A standalone replica applies its whole log (every durable record is committed). A
+    /// replicated one applies up to its checkpoint and keeps the rest pending until its
+    /// primary (or, as primary, a quorum) says it is committed.
+    pub fn open(dir: &Path, node_name: &str, opts: ShardOptions) -> Result<Shard> {
         let meta_path = dir.join(META_FILE);
         let meta_bytes = std::fs::read(&meta_path)
             .map_err(|e| Error::io("read shard description", &meta_path, e))?;
@@ -229,7 +383,7 @@ impl Shard {
         for r in snap.map(|s| s.rows).unwrap_or_default() {
             rows.insert(r.key, r);
         }
-        let (last, last_epoch) = wal.last();
+        let (last, _) = wal.last();
         if last < snap_lsn {
             // The checkpoint is newer than the whole log (a crash while a snapshot was being
             // installed): the log restarts after it.
@@ -243,48 +397,70 @@ impl Shard {
                 ),
             });
         }
-        let (mut applied, mut applied_epoch) = (snap_lsn, snap_epoch);
-        if last > snap_lsn {
-            for rec in wal.iter_from(snap_lsn + 1)? {
+        let standalone = meta.role == Role::Standalone;
+        let id = meta.spec.shard_id.clone();
+        let mut st = State {
+            meta,
+            rows,
+            applied_lsn: snap_lsn,
+            applied_epoch: snap_epoch,
+            commit_lsn: snap_lsn,
+            pending: VecDeque::new(),
+            overlay: HashMap::new(),
+            visible_count: 0,
+            epochs: Vec::new(),
+            base: wal.start(),
+            checkpoint_lsn: snap_lsn,
+            peers: HashMap::new(),
+            senders: None,
+            matched_lsn: snap_lsn,
+            primary_commit: 0,
+            incoming: None,
+            generation: 0,
+        };
+        st.visible_count = st.rows.len() as u64;
+        if wal.last().0 >= wal.first_lsn() {
+            for rec in wal.iter_from(wal.first_lsn())? {
                 let rec = rec?;
+                if rec.lsn <= snap_lsn {
+                    // Already in the checkpoint; only its epoch matters (for the index).
+                    if st.epochs.last().is_none_or(|&(e, _)| e != rec.epoch) {
+                        st.epochs.push((rec.epoch, rec.lsn));
+                    }
+                    continue;
+                }
                 let change: Change =
                     protocol::wire::decode(&rec.payload).map_err(|e| Error::Corrupt {
-                        what: format!("shard {} record {}", meta.spec.shard_id, rec.lsn),
+                        what: format!("shard {id} record {}", rec.lsn),
                         detail: e.to_string(),
                     })?;
-                change.apply(&mut rows);
-                applied = rec.lsn;
-                applied_epoch = rec.epoch;
+                st.push_pending(rec.lsn, rec.epoch, change);
             }
         }
-        debug_assert_eq!(applied, last.max(snap_lsn));
-        let epoch = last_epoch.max(applied_epoch);
-        let count = rows.len() as u64;
-        let id = meta.spec.shard_id.clone();
-        let (progress, _) = watch::channel(Progress { applied, failed: None });
+        if standalone {
+            let last = wal.last().0;
+            st.commit_lsn = last;
+            apply_committed(&mut st);
+        }
+        let applied = st.applied_lsn;
+        let durable = wal.durable_lsn();
         let core = Arc::new(Core {
             id,
+            node_name: node_name.to_string(),
             dir: dir.to_path_buf(),
             wal,
-            state: Mutex::new(State {
-                meta,
-                rows,
-                applied_lsn: applied,
-                applied_epoch,
-                epoch,
-                pending: VecDeque::new(),
-                overlay: HashMap::new(),
-                visible_count: count,
-            }),
-            progress,
-            wake: Mutex::new(Wake { appended: applied, stop: false }),
+            state: Mutex::new(st),
+            progress: watch::channel(Progress { applied, generation: 0, failed: None }).0,
+            durable: watch::channel(durable).0,
+            tick: watch::channel(0).0,
+            wake: Mutex::new(Wake { appended: durable, stop: false }),
             wake_cond: Condvar::new(),
             opts,
         });
         let c = core.clone();
         let committer = std::thread::Builder::new()
             .name(format!("commit-{}", core.id))
-            .spawn(move || c.run_committer(applied))
+            .spawn(move || c.run_committer())
             .map_err(|e| Error::io("start committer thread", dir, e))?;
         Ok(Shard { core, committer: Mutex::new(Some(committer)) })
     }
@@ -309,15 +485,29 @@ impl Shard {
         Ok(())
     }
 
-    /// Validates `change`, appends it to the log and queues it for the committer. Returns
-    /// its LSN and the shard's row count once it is applied. Nothing is changed on error.
-    pub fn propose(&self, change: Change) -> std::result::Result<(Lsn, u64), ErrorBody> {
+    /// Validates `change`, appends it to the log and queues it. Returns its LSN, the row
+    /// count once it is applied, and the role generation to wait under. Nothing is changed
+    /// on error; only a primary (or standalone replica) accepts changes.
+    pub fn propose(&self, change: Change) -> std::result::Result<(Lsn, u64, u64), ErrorBody> {
         let core = &*self.core;
         let mut st = core.lock_state();
         if let Some(why) = &core.progress.borrow().failed {
             return Err(ErrorBody::internal(format!("shard {} cannot write: {why}", core.id)));
         }
-        let delta: i64 = match &change {
+        if let Role::Secondary { primary } = &st.meta.role {
+            let msg = match primary {
+                Some(p) => format!(
+                    "{} is not the primary of shard {}; the primary is {p}",
+                    core.node_name, core.id
+                ),
+                None => format!(
+                    "{} is not the primary of shard {}; the primary is not known here",
+                    core.node_name, core.id
+                ),
+            };
+            return Err(ErrorBody::not_primary(primary.clone(), msg));
+        }
+        match &change {
             Change::Insert(rows) => {
                 let mut seen = HashSet::with_capacity(rows.len());
                 for r in rows {
@@ -335,54 +525,52 @@ impl Shard {
                         )));
                     }
                 }
-                rows.len() as i64
             }
             Change::Update(row) => {
                 st.check_row(row)?;
                 if !st.exists(row.key) {
                     return Err(not_found(row.key, &core.id));
                 }
-                0
             }
             Change::Delete(key) => {
                 if !st.exists(*key) {
                     return Err(not_found(*key, &core.id));
                 }
-                -1
             }
-        };
-        let payload = protocol::wire::encode(&change)
-            .map_err(|e| ErrorBody::internal(format!("cannot encode change: {e}")))?;
-        let epoch = st.epoch;
-        let lsn = core.wal.append(epoch, KIND_CHANGE, &payload).map_err(|e| {
-            ErrorBody::internal(format!("shard {} cannot append to its log: {e}", core.id))
-        })?;
-        for (key, exists) in change.effects() {
-            st.overlay.insert(key, (lsn, exists));
+            Change::Barrier => {
+                return Err(ErrorBody::bad_request("a barrier is not a client change"))
+            }
         }
-        st.visible_count = (st.visible_count as i64 + delta) as u64;
-        let count = st.visible_count;
-        st.pending.push_back((lsn, epoch, change));
+        let lsn = core.append_local(&mut st, change)?;
+        let (count, generation) = (st.visible_count, st.generation);
         drop(st);
-        let mut w = lock(&core.wake);
-        w.appended = w.appended.max(lsn);
-        core.wake_cond.notify_one();
-        Ok((lsn, count))
+        core.after_append(lsn);
+        Ok((lsn, count, generation))
     }
 
-    /// Waits until `lsn` is durable and applied.
-    pub async fn wait_applied(&self, lsn: Lsn) -> std::result::Result<(), ErrorBody> {
+    /// Waits until `lsn` is committed and applied; fails if the replica stops being the
+    /// primary of `generation` first (the change may or may not end up committed).
+    pub async fn wait_applied(
+        &self,
+        lsn: Lsn,
+        generation: u64,
+    ) -> std::result::Result<(), ErrorBody> {
         let mut rx = self.core.progress.subscribe();
         let p = rx
-            .wait_for(|p| p.applied >= lsn || p.failed.is_some())
+            .wait_for(|p| p.applied >= lsn || p.failed.is_some() || p.generation != generation)
             .await
-            .map_err(|_| ErrorBody::unavailable("the shard is shutting down"))?;
-        match &p.failed {
-            Some(why) if p.applied < lsn => {
-                Err(ErrorBody::internal(format!("shard {} lost its log: {why}", self.core.id)))
-            }
-            _ => Ok(()),
+            .map_err(|_| ErrorBody::unavailable("the shard is shutting down"))?
+            .clone();
+        if p.applied >= lsn {
+            return Ok(());
         }
+        if let Some(why) = p.failed {
+            return Err(ErrorBody::internal(format!("shard {} lost its log: {why}", self.core.id)));
+        }
+        Err(ErrorBody::unavailable(format!(
+            "the primary of shard {} changed while the write was in flight; it may or may not have been applied",
+            self.core.id
+        )))
     }
 
     /// Applied rows with `low <= key <= high`, in key order, and the applied LSN.
@@ -409,6 +597,11 @@ impl Shard {
         self.core.progress.borrow().clone()
     }
 
+    /// The replica's replication state.
+    pub fn info(&self) -> ReplicaInfo {
+        self.core.info(&self.core.lock_state())
+    }
+
     /// Writes a checkpoint of the applied rows and purges the log below it.
     pub fn checkpoint(&self) -> Result<()> {
         self.core.checkpoint()
@@ -419,8 +612,11 @@ impl Shard {
         self.core.wal.segment_count()
     }
 
-    /// Stops the committer after it has synced and applied everything appended.
+    /// Stops the senders and the committer after it has synced and applied what it can.
     pub fn close(&self) {
+        if let Some(c) = self.core.lock_state().senders.take() {
+            c.cancel();
+        }
         lock(&self.core.wake).stop = true;
         self.core.wake_cond.notify_one();
         if let Some(h) = lock(&self.committer).take() {
@@ -435,27 +631,181 @@ impl Drop for Shard {
     }
 }
 
+/// Applies every pending change up to the commit LSN.
+fn apply_committed(st: &mut State) -> bool {
+    let mut any = false;
+    while st.pending.front().is_some_and(|(lsn, _, _)| *lsn <= st.commit_lsn) {
+        let Some((lsn, epoch, change)) = st.pending.pop_front() else { break };
+        for (key, _) in change.effects() {
+            if st.overlay.get(&key).is_some_and(|(l, _)| *l == lsn) {
+                st.overlay.remove(&key);
+            }
+        }
+        change.apply(&mut st.rows);
+        st.applied_lsn = lsn;
+        st.applied_epoch = epoch;
+        any = true;
+    }
+    any
+}
+
 impl Core {
-    fn lock_state(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock_state(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
     }
 
-    /// The committer: sync, apply in LSN order, publish; until stopped with nothing left.
-    fn run_committer(&self, mut synced: Lsn) {
+    /// Appends `change` at the replica's epoch and queues it; the caller then calls
+    /// [`Core::after_append`] without the state lock.
+    pub(crate) fn append_local(
+        &self,
+        st: &mut State,
+        change: Change,
+    ) -> std::result::Result<Lsn, ErrorBody> {
+        let payload = protocol::wire::encode(&change)
+            .map_err(|e| ErrorBody::internal(format!("cannot encode change: {e}")))?;
+        let epoch = st.meta.epoch;
+        let lsn = self.wal.append(epoch, KIND_CHANGE, &payload).map_err(|e| {
+            ErrorBody::internal(format!("shard {} cannot append to its log: {e}", self.id))
+        })?;
+        st.push_pending(lsn, epoch, change);
+        Ok(lsn)
+    }
+
+    /// Wakes the committer (to sync) and the senders (to ship).
+    pub(crate) fn after_append(&self, lsn: Lsn) {
+        {
+            let mut w = lock(&self.wake);
+            w.appended = w.appended.max(lsn);
+        }
+        self.wake_cond.notify_one();
+        self.tick.send_modify(|t| *t = t.wrapping_add(1));
+    }
+
+    /// The commit LSN the role's rule allows now (never below the current one).
+    pub(crate) fn commit_rule(&self, st: &State) -> Lsn {
+        let durable = self.wal.durable_lsn();
+        let c = match &st.meta.role {
+            Role::Standalone => durable,
+            Role::Primary { voters, quorum, .. } => {
+                let mut acks: Vec<Lsn> = voters
+                    .iter()
+                    .map(|v| {
+                        if v.name == self.node_name {
+                            durable
+                        } else {
+                            st.peers.get(&v.name).map_or(0, |p| p.match_lsn)
+                        }
+                    })
+                    .collect();
+                if !voters.iter().any(|v| v.name == self.node_name) {
+                    acks.push(durable);
+                }
+                acks.sort_unstable_by(|a, b| b.cmp(a));
+                let c = match quorum {
+                    Quorum::Majority => acks[acks.len() / 2],
+                    Quorum::All => acks[acks.len() - 1],
+                };
+                if c >= st.meta.barrier_lsn {
+                    c
+                } else {
+                    st.commit_lsn
+                }
+            }
+            Role::Secondary { .. } => st.primary_commit.min(st.matched_lsn).min(durable),
+        };
+        c.max(st.commit_lsn)
+    }
+
+    /// Recomputes the commit LSN, applies what it allows, and publishes the progress.
+    pub(crate) fn advance(&self) {
+        let mut st = self.lock_state();
+        let commit = self.commit_rule(&st);
+        let moved = commit > st.commit_lsn;
+        st.commit_lsn = commit;
+        let applied = apply_committed(&mut st).then_some(st.applied_lsn);
+        drop(st);
+        if let Some(a) = applied {
+            self.progress.send_modify(|p| p.applied = p.applied.max(a));
+        }
+        if moved {
+            self.tick.send_modify(|t| *t = t.wrapping_add(1));
+        }
+    }
+
+    /// Bumps the role generation (failing writers waiting under the old one).
+    pub(crate) fn bump_generation(&self, st: &mut State) {
+        st.generation += 1;
+        let g = st.generation;
+        self.progress.send_modify(|p| p.generation = g);
+    }
+
+    /// Persists `meta` and installs it.
+    pub(crate) fn persist_meta(
+        &self,
+        st: &mut State,
+        meta: ShardMeta,
+    ) -> std::result::Result<(), ErrorBody> {
+        write_meta(&self.dir, &meta).map_err(|e| ErrorBody::internal(e.to_string()))?;
+        st.meta = meta;
+        Ok(())
+    }
+
+    pub(crate) fn info(&self, st: &State) -> ReplicaInfo {
+        let (last_lsn, last_epoch) = self.wal.last();
+        ReplicaInfo {
+            role: st.meta.role.clone(),
+            epoch: st.meta.epoch,
+            last_lsn,
+            last_epoch,
+            commit_lsn: st.commit_lsn,
+            applied_lsn: st.applied_lsn,
+            rows: st.rows.len() as u64,
+        }
+    }
+
+    /// Cuts the local log after `lsn` (only ever uncommitted records) and drops what was
+    /// pending past it.
+    pub(crate) fn truncate_to(
+        &self,
+        st: &mut State,
+        lsn: Lsn,
+    ) -> std::result::Result<(), ErrorBody> {
+        if lsn < st.commit_lsn {
+            return Err(ErrorBody::internal(format!(
+                "shard {}: refusing to cut committed records (cut after {lsn}, committed {})",
+                self.id, st.commit_lsn
+            )));
+        }
+        self.wal.truncate_after(lsn).map_err(|e| {
+            ErrorBody::internal(format!("shard {}: cannot cut the log: {e}", self.id))
+        })?;
+        st.pending.retain(|(l, _, _)| *l <= lsn);
+        st.epochs.retain(|&(_, first)| first <= lsn);
+        st.matched_lsn = st.matched_lsn.min(lsn);
+        st.rebuild_overlay();
+        tracing::info!(shard = %self.id, after = lsn, "cut the log tail that the primary does not have");
+        let mut w = lock(&self.wake);
+        w.appended = w.appended.min(lsn);
+        self.durable.send_modify(|d| *d = (*d).min(lsn));
+        Ok(())
+    }
+
+    /// The committer: sync, publish the durable LSN, advance the commit; until stopped.
+    fn run_committer(&self) {
         loop {
             {
                 let mut w = lock(&self.wake);
-                while w.appended <= synced && !w.stop {
+                while w.appended <= self.wal.durable_lsn() && !w.stop {
                     w = self.wake_cond.wait(w).unwrap_or_else(|e| e.into_inner());
                 }
-                if w.appended <= synced && w.stop {
-                    return;
+                if w.appended <= self.wal.durable_lsn() && w.stop {
+                    break;
                 }
             }
             match self.wal.sync() {
                 Ok(durable) => {
-                    synced = durable;
-                    self.apply_up_to(durable);
+                    self.durable.send_replace(durable);
+                    self.advance();
                 }
                 Err(e) => {
                     tracing::error!(shard = %self.id, error = %e, "log sync failed; the shard refuses writes");
@@ -469,37 +819,43 @@ impl Core {
                 }
             }
         }
+        // A clean stop: a checkpoint lets the next start apply everything committed.
+        let behind = {
+            let st = self.lock_state();
+            st.applied_lsn > st.checkpoint_lsn
+        };
+        if behind {
+            if let Err(e) = self.checkpoint() {
+                tracing::warn!(shard = %self.id, error = %e, "final checkpoint failed");
+            }
+        }
     }
 
-    fn apply_up_to(&self, durable: Lsn) {
-        let mut st = self.lock_state();
-        let mut applied = None;
-        while st.pending.front().is_some_and(|(lsn, _, _)| *lsn <= durable) {
-            let Some((lsn, epoch, change)) = st.pending.pop_front() else { break };
-            for (key, _) in change.effects() {
-                if st.overlay.get(&key).is_some_and(|(l, _)| *l == lsn) {
-                    st.overlay.remove(&key);
+    pub(crate) fn checkpoint(&self) -> Result<()> {
+        let (rows, lsn, epoch, keep_from) = {
+            let st = self.lock_state();
+            // A primary keeps the log its peers still need, unless it grows far too long
+            // (then they get a snapshot).
+            let mut keep = st.applied_lsn + 1;
+            if self.wal.segment_count() < 4 * self.opts.checkpoint_segments.max(2) {
+                for p in st.peers.values() {
+                    keep = keep.min(p.match_lsn + 1);
                 }
             }
-            change.apply(&mut st.rows);
-            st.applied_lsn = lsn;
-            st.applied_epoch = epoch;
-            applied = Some(lsn);
-        }
-        drop(st);
-        if let Some(lsn) = applied {
-            self.progress.send_modify(|p| p.applied = lsn);
-        }
-    }
-
-    fn checkpoint(&self) -> Result<()> {
-        let (rows, lsn, epoch) = {
-            let st = self.lock_state();
-            (st.rows.values().cloned().collect::<Vec<_>>(), st.applied_lsn, st.applied_epoch)
+            (st.rows.values().cloned().collect::<Vec<_>>(), st.applied_lsn, st.applied_epoch, keep)
         };
         snapshot::write(&self.dir, lsn, epoch, &rows)
             .map_err(|e| Error::io("write checkpoint", &self.dir, e))?;
-        let purged = self.wal.purge_before(lsn + 1)?;
+        let purged = self.wal.purge_before(keep_from.min(lsn + 1))?;
+        let mut st = self.lock_state();
+        st.checkpoint_lsn = lsn;
+        st.base = self.wal.start();
+        // Keep the index entry that covers the first record still held.
+        let keep = st.epochs.partition_point(|&(_, first)| first <= st.base.0 + 1);
+        if keep > 1 {
+            st.epochs.drain(..keep - 1);
+        }
+        drop(st);
         tracing::debug!(shard = %self.id, lsn, rows = rows.len(), purged, "checkpoint written");
         Ok(())
     }
@@ -525,6 +881,6 @@ fn write_meta(dir: &Path, meta: &ShardMeta) -> Result<()> {
     write().map_err(|e| Error::io("write shard description", dir, e))
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

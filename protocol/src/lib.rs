@@ -33,7 +33,8 @@ pub use handshake::{
 };
 pub use json::{parse_key, row_from_json, row_to_json, FieldError};
 pub use message::{
-    ConfigReq, CopyReq, DeleteReq, ErrorBody, ErrorKind, ReadReq, Request, RequestFrame, Response,
-    ResponseFrame, UpdateReq, WriteReq,
+    AdoptReq, AppendReq, ConfigReq, CopyReq, DeleteReq, ErrorBody, ErrorKind, FollowReq, LogRecord,
+    PromoteReq, Quorum, ReadReq, Replica, ReplicaInfo, ReplicaStatusReq, Request, RequestFrame,
+    Response, ResponseFrame, Role, SnapshotChunk, UpdateReq, WriteReq,
 };
 pub use types::{DType, Epoch, Lsn, Row, Schema, ShardId, ShardSpec, Value, KEY_COLUMN};

@@ -63,6 +63,18 @@ pub enum Request {
     Update(UpdateReq),
     /// `DELETE /del`: remove one row.
     Delete(DeleteReq),
+    /// Replication (manager → node): adopt an epoch for a shard, refuse older ones.
+    Adopt(AdoptReq),
+    /// Replication (manager → node): become the shard's primary.
+    Promote(PromoteReq),
+    /// Replication (manager → node): become a secondary of a primary.
+    Follow(FollowReq),
+    /// Replication (primary → secondary): log records to append, and the commit LSN.
+    Append(AppendReq),
+    /// Replication (primary → secondary): part of a snapshot of the shard's rows.
+    Snapshot(SnapshotChunk),
+    /// Replication state of one shard replica.
+    ReplicaStatus(ReplicaStatusReq),
 }
 
 impl Request {
@@ -77,6 +89,12 @@ impl Request {
             Request::Write(_) => "write",
             Request::Update(_) => "update",
             Request::Delete(_) => "delete",
+            Request::Adopt(_) => "adopt",
+            Request::Promote(_) => "promote",
+            Request::Follow(_) => "follow",
+            Request::Append(_) => "append",
+            Request::Snapshot(_) => "snapshot",
+            Request::ReplicaStatus(_) => "replica_status",
         }
     }
 }
@@ -139,6 +157,160 @@ pub struct DeleteReq {
     pub key: i64,
 }
 
+/// A member of a shard's replica set: its name and the address of its binary protocol.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Replica {
+    /// The server's name.
+    pub name: String,
+    /// `host:port` of its binary protocol listener.
+    pub addr: String,
+}
+
+/// How many voters must hold a record durably before the primary commits it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Quorum {
+    /// More than half of the voters, the primary included (default).
+    #[default]
+    Majority,
+    /// Every voter.
+    All,
+}
+
+/// Adopt `epoch` for `shard`: persisted before the answer; older epochs are refused after.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct AdoptReq {
+    /// The shard.
+    pub shard: ShardId,
+    /// The epoch to adopt; must not be older than the one already adopted.
+    pub epoch: Epoch,
+}
+
+/// Become the primary of `shard` at `epoch`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct PromoteReq {
+    /// The shard.
+    pub shard: ShardId,
+    /// The new epoch (at least the adopted one).
+    pub epoch: Epoch,
+    /// Replicas whose durable copies count for commits, the new primary included.
+    pub voters: Vec<Replica>,
+    /// Replicas that receive the log but do not count (catching up).
+    pub learners: Vec<Replica>,
+    /// Commit rule.
+    pub quorum: Quorum,
+}
+
+/// Become a secondary of `primary` for `shard` at `epoch`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct FollowReq {
+    /// The shard.
+    pub shard: ShardId,
+    /// The epoch of that primary.
+    pub epoch: Epoch,
+    /// The primary.
+    pub primary: Replica,
+}
+
+/// One log record as shipped between replicas.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct LogRecord {
+    /// Its LSN.
+    pub lsn: Lsn,
+    /// The epoch it was written in.
+    pub epoch: Epoch,
+    /// Record kind.
+    pub kind: u8,
+    /// The encoded change.
+    pub payload: Vec<u8>,
+}
+
+/// Records for a secondary: they extend its log right after `(prev_lsn, prev_epoch)`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct AppendReq {
+    /// The shard.
+    pub shard: ShardId,
+    /// The sender's epoch.
+    pub epoch: Epoch,
+    /// The sender (the primary of that epoch).
+    pub primary: String,
+    /// LSN of the record just before `records` (0 for none).
+    pub prev_lsn: Lsn,
+    /// Epoch of that record.
+    pub prev_epoch: Epoch,
+    /// Records `prev_lsn + 1 ..`, possibly none (a heartbeat carrying the commit LSN).
+    pub records: Vec<LogRecord>,
+    /// Every record up to this LSN is committed.
+    pub commit_lsn: Lsn,
+}
+
+/// Part of a snapshot: every row of the shard as of `lsn`, sent in chunks.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SnapshotChunk {
+    /// The shard.
+    pub shard: ShardId,
+    /// The sender's epoch.
+    pub epoch: Epoch,
+    /// The sender (the primary of that epoch).
+    pub primary: String,
+    /// The rows are the shard's state after this (committed) LSN.
+    pub lsn: Lsn,
+    /// Epoch of record `lsn`.
+    pub lsn_epoch: Epoch,
+    /// Chunk number, from 0.
+    pub seq: u32,
+    /// Rows of this chunk, in key order.
+    pub rows: Vec<Row>,
+    /// Last chunk: install the snapshot.
+    pub done: bool,
+}
+
+/// Ask for a replica's replication state.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ReplicaStatusReq {
+    /// The shard.
+    pub shard: ShardId,
+}
+
+/// A replica's role.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Configured alone (no manager): primary of a replica set of one.
+    Standalone,
+    /// Primary of its epoch.
+    Primary {
+        /// Voters, itself included.
+        voters: Vec<Replica>,
+        /// Learners.
+        learners: Vec<Replica>,
+        /// Commit rule.
+        quorum: Quorum,
+    },
+    /// Secondary; the primary when known.
+    Secondary {
+        /// The primary's name, once heard from.
+        primary: Option<String>,
+    },
+}
+
+/// A replica's replication state.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ReplicaInfo {
+    /// Its role.
+    pub role: Role,
+    /// The highest epoch it adopted.
+    pub epoch: Epoch,
+    /// LSN of its last log record.
+    pub last_lsn: Lsn,
+    /// Epoch of that record.
+    pub last_epoch: Epoch,
+    /// What it knows to be committed.
+    pub commit_lsn: Lsn,
+    /// What it has applied to its rows.
+    pub applied_lsn: Lsn,
+    /// Number of rows applied.
+    pub rows: u64,
+}
+
 /// A successful answer, one variant per command.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum Response {
@@ -191,6 +363,35 @@ pub enum Response {
         /// LSN of the committed delete.
         lsn: Lsn,
     },
+    /// Answer to [`Request::Adopt`]: where the replica's log ends.
+    Adopted {
+        /// Epoch of its last record.
+        last_epoch: Epoch,
+        /// LSN of its last record.
+        last_lsn: Lsn,
+        /// What it knows to be committed.
+        commit_lsn: Lsn,
+    },
+    /// Answer to [`Request::Append`]: the records were appended and are durable; the
+    /// replica's log equals the primary's up to `match_lsn`.
+    Appended {
+        /// Last LSN known to match the primary's log.
+        match_lsn: Lsn,
+    },
+    /// Answer to [`Request::Append`]: the records do not extend the replica's log.
+    AppendMismatch {
+        /// LSN of the replica's last record.
+        last_lsn: Lsn,
+        /// The replica's epoch at `prev_lsn`, when it has that record (with another epoch).
+        conflict_epoch: Option<Epoch>,
+    },
+    /// Answer to [`Request::Snapshot`]: the chunk was taken (and, when `done`, installed).
+    SnapshotTaken {
+        /// The chunk number expected next.
+        next_seq: u32,
+    },
+    /// Answer to [`Request::Promote`], [`Request::Follow`] and [`Request::ReplicaStatus`].
+    Replica(ReplicaInfo),
 }
 
 /// What kind of failure an [`ErrorBody`] reports; decides the HTTP status.

@@ -195,6 +195,14 @@ impl Wal {
         (inner.next_lsn - 1, inner.last_epoch)
     }
 
+    /// The LSN and epoch of the record just before the oldest one held (after a purge or
+    /// reset, the point the log starts after; `(0, 0)` for a log that starts at 1).
+    pub fn start(&self) -> (Lsn, Epoch) {
+        let inner = self.shared.lock_inner();
+        let first = &inner.segments[0];
+        (first.first_lsn() - 1, first.prev_epoch())
+    }
+
     /// The oldest LSN still held (equal to `last().0 + 1` when the log holds no record).
     pub fn first_lsn(&self) -> Lsn {
         self.shared.lock_inner().segments[0].first_lsn()

@@ -59,6 +59,88 @@ pub fn request() -> impl Strategy<Value = Request> {
             .prop_map(|(shard, key, row)| Request::Update(UpdateReq { shard, key, row })),
         (shard_id(), any::<i64>())
             .prop_map(|(shard, key)| Request::Delete(DeleteReq { shard, key })),
+        (shard_id(), any::<u64>())
+            .prop_map(|(shard, epoch)| Request::Adopt(AdoptReq { shard, epoch })),
+        (shard_id(), any::<u64>(), vec(replica(), 0..4), vec(replica(), 0..2), quorum()).prop_map(
+            |(shard, epoch, voters, learners, quorum)| Request::Promote(PromoteReq {
+                shard,
+                epoch,
+                voters,
+                learners,
+                quorum
+            })
+        ),
+        (shard_id(), any::<u64>(), replica()).prop_map(|(shard, epoch, primary)| Request::Follow(
+            FollowReq { shard, epoch, primary }
+        )),
+        (
+            shard_id(),
+            any::<u64>(),
+            ".{0,8}",
+            any::<u64>(),
+            any::<u64>(),
+            vec(log_record(), 0..4),
+            any::<u64>()
+        )
+            .prop_map(
+                |(shard, epoch, primary, prev_lsn, prev_epoch, records, commit_lsn)| {
+                    Request::Append(AppendReq {
+                        shard,
+                        epoch,
+                        primary,
+                        prev_lsn,
+                        prev_epoch,
+                        records,
+                        commit_lsn,
+                    })
+                }
+            ),
+        (
+            shard_id(),
+            any::<u64>(),
+            ".{0,8}",
+            any::<u64>(),
+            any::<u64>(),
+            any::<u32>(),
+            rows(),
+            any::<bool>()
+        )
+            .prop_map(|(shard, epoch, primary, lsn, lsn_epoch, seq, rows, done)| {
+                Request::Snapshot(SnapshotChunk {
+                    shard,
+                    epoch,
+                    primary,
+                    lsn,
+                    lsn_epoch,
+                    seq,
+                    rows,
+                    done,
+                })
+            }),
+        shard_id().prop_map(|shard| Request::ReplicaStatus(ReplicaStatusReq { shard })),
+    ]
+}
+
+pub fn replica() -> impl Strategy<Value = Replica> {
+    ("Server[0-9]{1,3}", "127\\.0\\.0\\.1:[0-9]{1,5}")
+        .prop_map(|(name, addr)| Replica { name, addr })
+}
+
+pub fn quorum() -> impl Strategy<Value = Quorum> {
+    prop_oneof![Just(Quorum::Majority), Just(Quorum::All)]
+}
+
+pub fn log_record() -> impl Strategy<Value = LogRecord> {
+    (any::<u64>(), any::<u64>(), any::<u8>(), vec(any::<u8>(), 0..32))
+        .prop_map(|(lsn, epoch, kind, payload)| LogRecord { lsn, epoch, kind, payload })
+}
+
+pub fn role() -> impl Strategy<Value = Role> {
+    prop_oneof![
+        Just(Role::Standalone),
+        (vec(replica(), 0..3), vec(replica(), 0..2), quorum())
+            .prop_map(|(voters, learners, quorum)| Role::Primary { voters, learners, quorum }),
+        option::of("Server[0-9]{1,3}").prop_map(|primary| Role::Secondary { primary }),
     ]
 }
 
@@ -74,6 +156,40 @@ pub fn response() -> impl Strategy<Value = Response> {
             .prop_map(|(count, current_idx, lsn)| Response::Written { count, current_idx, lsn }),
         (any::<i64>(), any::<u64>()).prop_map(|(key, lsn)| Response::Updated { key, lsn }),
         (any::<i64>(), any::<u64>()).prop_map(|(key, lsn)| Response::Deleted { key, lsn }),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(last_epoch, last_lsn, commit_lsn)| Response::Adopted {
+                last_epoch,
+                last_lsn,
+                commit_lsn
+            }
+        ),
+        any::<u64>().prop_map(|match_lsn| Response::Appended { match_lsn }),
+        (any::<u64>(), option::of(any::<u64>())).prop_map(|(last_lsn, conflict_epoch)| {
+            Response::AppendMismatch { last_lsn, conflict_epoch }
+        }),
+        any::<u32>().prop_map(|next_seq| Response::SnapshotTaken { next_seq }),
+        (
+            role(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(
+                |(role, epoch, last_lsn, last_epoch, commit_lsn, applied_lsn, rows)| {
+                    Response::Replica(ReplicaInfo {
+                        role,
+                        epoch,
+                        last_lsn,
+                        last_epoch,
+                        commit_lsn,
+                        applied_lsn,
+                        rows,
+                    })
+                }
+            ),
     ]
 }
 
@@ -114,11 +230,17 @@ pub fn request_variant(r: &Request) -> usize {
         Request::Write(_) => 5,
         Request::Update(_) => 6,
         Request::Delete(_) => 7,
+        Request::Adopt(_) => 8,
+        Request::Promote(_) => 9,
+        Request::Follow(_) => 10,
+        Request::Append(_) => 11,
+        Request::Snapshot(_) => 12,
+        Request::ReplicaStatus(_) => 13,
     }
 }
 
 /// Number of request variants known to [`request_variant`].
-pub const REQUEST_VARIANTS: usize = 8;
+pub const REQUEST_VARIANTS: usize = 14;
 
 /// Position of a response's variant (see [`request_variant`]).
 pub fn response_variant(r: &Response) -> usize {
@@ -131,8 +253,13 @@ pub fn response_variant(r: &Response) -> usize {
         Response::Written { .. } => 5,
         Response::Updated { .. } => 6,
         Response::Deleted { .. } => 7,
+        Response::Adopted { .. } => 8,
+        Response::Appended { .. } => 9,
+        Response::AppendMismatch { .. } => 10,
+        Response::SnapshotTaken { .. } => 11,
+        Response::Replica(_) => 12,
     }
 }
 
 /// Number of response variants known to [`response_variant`].
-pub const RESPONSE_VARIANTS: usize = 8;
+pub const RESPONSE_VARIANTS: usize = 13;
