@@ -16,7 +16,7 @@ use crate::node::Node;
 use crate::shard::ShardOptions;
 
 /// How long shutdown waits for in-flight requests before it stops anyway.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// How to run a node.
 #[derive(Clone, Debug)]

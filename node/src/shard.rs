@@ -154,6 +154,8 @@ pub struct Progress {
     pub generation: u64,
     /// Set when the log failed; no later write can be acknowledged.
     pub failed: Option<String>,
+    /// Set when the replica is closing: writes still waiting will not be answered "done".
+    pub closing: bool,
 }
 
 /// One shard replica on this node.
@@ -320,6 +322,13 @@ fn check_row_shape(schema: &Schema, row: &Row) -> std::result::Result<(), ErrorB
         )));
     }
     for ((col, dtype), v) in schema.columns.iter().zip(&schema.dtypes).zip(&row.values) {
+        if let Value::Float(f) = v {
+            if !f.is_finite() {
+                return Err(ErrorBody::bad_request(format!(
+                    "field '{col}' must be a finite number"
+                )));
+            }
+        }
         if let (DType::Number, Value::Str(s)) = (dtype, v) {
             if protocol::json::parse_key(&serde_json::Value::String(s.clone())).is_none() {
                 return Err(ErrorBody::bad_request(format!("field '{col}' must be a number")));
@@ -450,7 +459,13 @@ impl Shard {
             dir: dir.to_path_buf(),
             wal,
             state: Mutex::new(st),
-            progress: watch::channel(Progress { applied, generation: 0, failed: None }).0,
+            progress: watch::channel(Progress {
+                applied,
+                generation: 0,
+                failed: None,
+                closing: false,
+            })
+            .0,
             durable: watch::channel(durable).0,
             tick: watch::channel(0).0,
             wake: Mutex::new(Wake { appended: durable, stop: false }),
@@ -557,7 +572,9 @@ impl Shard {
     ) -> std::result::Result<(), ErrorBody> {
         let mut rx = self.core.progress.subscribe();
         let p = rx
-            .wait_for(|p| p.applied >= lsn || p.failed.is_some() || p.generation != generation)
+            .wait_for(|p| {
+                p.applied >= lsn || p.failed.is_some() || p.closing || p.generation != generation
+            })
             .await
             .map_err(|_| ErrorBody::unavailable("the shard is shutting down"))?
             .clone();
@@ -566,6 +583,12 @@ impl Shard {
         }
         if let Some(why) = p.failed {
             return Err(ErrorBody::internal(format!("shard {} lost its log: {why}", self.core.id)));
+        }
+        if p.closing {
+            return Err(ErrorBody::unavailable(format!(
+                "the node is shutting down; the write to shard {} may or may not have been applied",
+                self.core.id
+            )));
         }
         Err(ErrorBody::unavailable(format!(
             "the primary of shard {} changed while the write was in flight; it may or may not have been applied",
@@ -622,6 +645,7 @@ impl Shard {
         if let Some(h) = lock(&self.committer).take() {
             let _ = h.join();
         }
+        self.core.progress.send_modify(|p| p.closing = true);
     }
 }
 

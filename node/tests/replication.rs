@@ -1,0 +1,437 @@
+//! Replication inside a shard, three in-process nodes on loopback driven the way the shard
+//! manager drives them (adopt, promote, follow): commits, catch-up, fencing, learners,
+//! divergent tails and snapshots.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use client::{CallError, Connection};
+use node::{NodeConfig, NodeServer, ShardOptions};
+use protocol::{
+    AdoptReq, ConfigReq, CopyReq, DType, ErrorKind, FollowReq, PromoteReq, Quorum, Replica,
+    ReplicaInfo, ReplicaStatusReq, Request, Response, Role, Row, Schema, ShardSpec, Value,
+    WriteReq,
+};
+
+const SHARD: &str = "sh1";
+
+fn schema() -> Schema {
+    Schema {
+        columns: vec!["Stud_id".into(), "Stud_name".into(), "Stud_marks".into()],
+        dtypes: vec![DType::Number, DType::String, DType::String],
+    }
+}
+
+fn row(k: i64) -> Row {
+    Row { key: k, values: vec![Value::Int(k), Value::Str(format!("n{k}")), Value::Int(k % 100)] }
+}
+
+/// A node that can be stopped and started again on the same address and data.
+struct TestNode {
+    name: String,
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+    opts: ShardOptions,
+    server: Option<NodeServer>,
+}
+
+impl TestNode {
+    async fn start(name: &str, opts: ShardOptions) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = common::config(name, dir.path(), opts.clone());
+        let server = NodeServer::start(NodeConfig { http: None, ..cfg }).await.unwrap();
+        let addr = server.binary_addr();
+        TestNode { name: name.into(), dir, addr, opts, server: Some(server) }
+    }
+
+    async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+
+    async fn restart(&mut self) {
+        self.stop().await;
+        let cfg = NodeConfig {
+            listen: self.addr,
+            http: None,
+            ..common::config(&self.name, self.dir.path(), self.opts.clone())
+        };
+        self.server = Some(NodeServer::start(cfg).await.unwrap());
+    }
+
+    fn replica(&self) -> Replica {
+        Replica { name: self.name.clone(), addr: self.addr.to_string() }
+    }
+
+    async fn conn(&self) -> Connection {
+        Connection::connect(self.addr, "test-manager").await.unwrap()
+    }
+
+    async fn call(&self, req: Request) -> Result<Response, CallError> {
+        self.conn().await.call(req).await
+    }
+
+    async fn info(&self) -> ReplicaInfo {
+        match self.call(Request::ReplicaStatus(ReplicaStatusReq { shard: SHARD.into() })).await {
+            Ok(Response::Replica(i)) => i,
+            other => panic!("status of {}: {other:?}", self.name),
+        }
+    }
+
+    async fn rows(&self) -> Vec<Row> {
+        match self.call(Request::Copy(CopyReq { shards: vec![SHARD.into()] })).await {
+            Ok(Response::Copy { mut shards }) => shards.pop().unwrap().1,
+            other => panic!("copy of {}: {other:?}", self.name),
+        }
+    }
+}
+
+async fn cluster(n: usize, opts: ShardOptions) -> Vec<TestNode> {
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let node = TestNode::start(&format!("S{i}"), opts.clone()).await;
+        node.call(Request::Config(ConfigReq {
+            schema: schema(),
+            shards: vec![ShardSpec::with_range(SHARD, 0, 1 << 40)],
+        }))
+        .await
+        .unwrap();
+        nodes.push(node);
+    }
+    nodes
+}
+
+/// An election as the manager runs it: the live replicas adopt `epoch`, the voter with the
+/// largest `(last_epoch, last_lsn)` is promoted with `voters`, the others follow it.
+async fn elect(
+    live: &[&TestNode],
+    voters: &[&TestNode],
+    learners: &[&TestNode],
+    epoch: u64,
+) -> usize {
+    let mut best = (0, 0, 0);
+    for (i, n) in live.iter().enumerate() {
+        match n.call(Request::Adopt(AdoptReq { shard: SHARD.into(), epoch })).await {
+            Ok(Response::Adopted { last_epoch, last_lsn, .. }) => {
+                let voter = voters.iter().any(|v| v.name == n.name);
+                if voter && (last_epoch, last_lsn) >= (best.0, best.1) {
+                    best = (last_epoch, last_lsn, i);
+                }
+            }
+            other => panic!("adopt on {}: {other:?}", n.name),
+        }
+    }
+    let primary = live[best.2];
+    primary
+        .call(Request::Promote(PromoteReq {
+            shard: SHARD.into(),
+            epoch,
+            voters: voters.iter().map(|n| n.replica()).collect(),
+            learners: learners.iter().map(|n| n.replica()).collect(),
+            quorum: Quorum::Majority,
+        }))
+        .await
+        .unwrap();
+    for n in live.iter().filter(|n| n.name != primary.name) {
+        n.call(Request::Follow(FollowReq {
+            shard: SHARD.into(),
+            epoch,
+            primary: primary.replica(),
+        }))
+        .await
+        .unwrap();
+    }
+    best.2
+}
+
+async fn write(conn: &Connection, keys: std::ops::Range<i64>) -> Result<Response, CallError> {
+    conn.call(Request::Write(WriteReq {
+        shard: SHARD.into(),
+        curr_idx: None,
+        rows: keys.map(row).collect(),
+    }))
+    .await
+}
+
+/// Polls until every node holds `want` rows and the same log end, or fails at a deadline.
+async fn converged(nodes: &[&TestNode], want: &[Row]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut ok = true;
+        for n in nodes {
+            if n.rows().await != want {
+                ok = false;
+            }
+        }
+        if ok {
+            let mut ends = Vec::new();
+            for n in nodes {
+                let i = n.info().await;
+                ends.push((i.last_lsn, i.last_epoch));
+            }
+            if ends.windows(2).all(|w| w[0] == w[1]) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "replicas did not converge");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_reach_every_replica_in_the_same_order() {
+    let nodes = cluster(3, ShardOptions::default()).await;
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    let p = elect(&all, &all, &[], 1).await;
+    let conn = nodes[p].conn().await;
+    let mut handles = Vec::new();
+    for t in 0..20i64 {
+        let conn = conn.clone();
+        handles.push(tokio::spawn(async move {
+            for i in 0..10 {
+                let k = t * 100 + i;
+                match write(&conn, k..k + 1).await {
+                    Ok(Response::Written { .. }) => {}
+                    other => panic!("write {k}: {other:?}"),
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let want = nodes[p].rows().await;
+    assert_eq!(want.len(), 200);
+    converged(&all, &want).await;
+    // A secondary refuses writes, naming the primary.
+    let s = (p + 1) % 3;
+    match write(&nodes[s].conn().await, 5000..5001).await {
+        Err(CallError::Remote(e)) => {
+            assert_eq!(e.kind, ErrorKind::NotPrimary { primary: Some(nodes[p].name.clone()) });
+            assert!(e.message.contains(&nodes[p].name), "{}", e.message);
+        }
+        other => panic!("secondary accepted a write: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_secondary_down_writes_commit_and_it_catches_up() {
+    let mut nodes = cluster(3, ShardOptions::default()).await;
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    let p = elect(&all, &all, &[], 1).await;
+    let s = (p + 1) % 3;
+    nodes[s].stop().await;
+    let conn = nodes[p].conn().await;
+    for k in 0..50 {
+        assert!(matches!(write(&conn, k..k + 1).await, Ok(Response::Written { .. })));
+    }
+    nodes[s].restart().await;
+    let want = nodes[p].rows().await;
+    assert_eq!(want.len(), 50);
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    converged(&all, &want).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_quorum_nothing_commits_and_a_learner_does_not_count() {
+    let mut nodes = cluster(3, ShardOptions::default()).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    // Voters a and b; c only learns.
+    elect(&[a, b, c], &[a, b], &[c], 1).await;
+    let (p, other_voter) =
+        if matches!(nodes[0].info().await.role, Role::Primary { .. }) { (0, 1) } else { (1, 0) };
+    nodes[other_voter].stop().await;
+    let conn = nodes[p].conn().await;
+    let write_task = tokio::spawn(async move { write(&conn, 1..2).await });
+    // The learner holds the record durably, yet the write must not be acknowledged.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if nodes[2].info().await.last_lsn >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the learner never received the record");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!write_task.is_finished(), "a write committed without a quorum of voters");
+    assert!(nodes[p].info().await.commit_lsn < 2, "commit moved without a quorum");
+    nodes[other_voter].restart().await;
+    match tokio::time::timeout(Duration::from_secs(20), write_task).await {
+        Ok(Ok(Ok(Response::Written { .. }))) => {}
+        other => panic!("write did not commit once the voter came back: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_primary_cannot_commit_and_its_client_gets_an_error() {
+    let nodes = cluster(3, ShardOptions::default()).await;
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    let p = elect(&all, &all, &[], 1).await;
+    let old = nodes[p].conn().await;
+    assert!(matches!(write(&old, 0..1).await, Ok(Response::Written { .. })));
+    // The other two elect a new primary at epoch 2 without the old one.
+    let others: Vec<&TestNode> =
+        nodes.iter().enumerate().filter(|(i, _)| *i != p).map(|(_, n)| n).collect();
+    let voters: Vec<&TestNode> = nodes.iter().collect();
+    elect(&others, &voters, &[], 2).await;
+    // The old primary still thinks it leads until a peer tells it otherwise; its write
+    // must fail, never succeed.
+    match write(&old, 10..11).await {
+        Ok(r) => panic!("a deposed primary acknowledged a write: {r:?}"),
+        Err(CallError::Remote(e)) => {
+            assert!(
+                matches!(
+                    e.kind,
+                    ErrorKind::Unavailable
+                        | ErrorKind::NotPrimary { .. }
+                        | ErrorKind::StaleEpoch { .. }
+                ),
+                "{e:?}"
+            );
+        }
+        Err(e) => panic!("unexpected failure {e}"),
+    }
+    assert!(
+        !matches!(nodes[p].info().await.role, Role::Primary { .. }),
+        "the old primary did not step down"
+    );
+    // The row written to the deposed primary is nowhere once everyone converged.
+    let mut new_primary = None;
+    for n in &others {
+        if matches!(n.info().await.role, Role::Primary { .. }) {
+            new_primary = Some(*n);
+        }
+    }
+    let new_primary = new_primary.expect("no primary after the election");
+    let c = new_primary.conn().await;
+    assert!(matches!(write(&c, 20..21).await, Ok(Response::Written { .. })));
+    let want = vec![row(0), row(20)];
+    converged(&all, &want).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_divergent_tail_is_cut_and_the_old_primary_catches_up() {
+    let mut nodes = cluster(3, ShardOptions::default()).await;
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    let p = elect(&all, &all, &[], 1).await;
+    let conn = nodes[p].conn().await;
+    for k in 0..20 {
+        assert!(matches!(write(&conn, k..k + 1).await, Ok(Response::Written { .. })));
+    }
+    let (s1, s2) = ((p + 1) % 3, (p + 2) % 3);
+    nodes[s1].stop().await;
+    nodes[s2].stop().await;
+    // Writes the secondaries never see: appended at the old primary, never committed.
+    let stuck: Vec<_> = (100..105)
+        .map(|k| {
+            let conn = conn.clone();
+            tokio::spawn(async move { write(&conn, k..k + 1).await })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nodes[p].info().await.last_lsn < 26 {
+        assert!(Instant::now() < deadline, "writes never reached the primary's log");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    nodes[p].stop().await;
+    for t in stuck {
+        assert!(
+            !matches!(t.await.unwrap(), Ok(Response::Written { .. })),
+            "an uncommitted write was acknowledged"
+        );
+    }
+    nodes[s1].restart().await;
+    nodes[s2].restart().await;
+    nodes[p].restart().await;
+    // The two secondaries elect among themselves at epoch 2; then the old primary follows.
+    let live: Vec<&TestNode> = vec![&nodes[s1], &nodes[s2]];
+    let voters: Vec<&TestNode> = nodes.iter().collect();
+    let np = elect(&live, &voters, &[], 2).await;
+    let new_primary = live[np];
+    nodes[p].call(Request::Adopt(AdoptReq { shard: SHARD.into(), epoch: 2 })).await.unwrap();
+    nodes[p]
+        .call(Request::Follow(FollowReq {
+            shard: SHARD.into(),
+            epoch: 2,
+            primary: new_primary.replica(),
+        }))
+        .await
+        .unwrap();
+    let c2 = new_primary.conn().await;
+    for k in 200..210 {
+        assert!(matches!(write(&c2, k..k + 1).await, Ok(Response::Written { .. })));
+    }
+    let want: Vec<Row> = (0..20).chain(200..210).map(row).collect();
+    assert_eq!(new_primary.rows().await, want);
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    converged(&all, &want).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_replica_catches_up_by_snapshot_and_log() {
+    let opts = ShardOptions {
+        wal: wal::Options { segment_size: 256 * 1024, ..wal::Options::default() },
+        checkpoint_segments: 2,
+    };
+    let nodes = cluster(3, opts).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let p = elect(&[a, b], &[a, b], &[], 1).await;
+    let primary = [a, b][p];
+    let conn = primary.conn().await;
+    let mut handles = Vec::new();
+    for t in 0..10i64 {
+        let conn = conn.clone();
+        handles.push(tokio::spawn(async move {
+            for i in 0..10 {
+                let base = (t * 10 + i) * 1000;
+                match write(&conn, base..base + 1000).await {
+                    Ok(Response::Written { .. }) => {}
+                    other => panic!("write at {base}: {other:?}"),
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    assert!(primary.server.as_ref().unwrap().node().shard(SHARD).unwrap().log_segments() <= 3);
+    // c joins as a learner at epoch 2; the primary's log no longer starts at 1.
+    for n in [a, b, c] {
+        n.call(Request::Adopt(AdoptReq { shard: SHARD.into(), epoch: 2 })).await.unwrap();
+    }
+    primary
+        .call(Request::Promote(PromoteReq {
+            shard: SHARD.into(),
+            epoch: 2,
+            voters: vec![a.replica(), b.replica()],
+            learners: vec![c.replica()],
+            quorum: Quorum::Majority,
+        }))
+        .await
+        .unwrap();
+    let other = [a, b][1 - p];
+    other
+        .call(Request::Follow(FollowReq {
+            shard: SHARD.into(),
+            epoch: 2,
+            primary: primary.replica(),
+        }))
+        .await
+        .unwrap();
+    c.call(Request::Follow(FollowReq {
+        shard: SHARD.into(),
+        epoch: 2,
+        primary: primary.replica(),
+    }))
+    .await
+    .unwrap();
+    for k in 0..5 {
+        let base = 1_000_000 + k;
+        assert!(matches!(write(&conn, base..base + 1).await, Ok(Response::Written { .. })));
+    }
+    let want = primary.rows().await;
+    assert_eq!(want.len(), 100_005);
+    converged(&[a, b, c], &want).await;
+}
