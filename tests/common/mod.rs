@@ -21,8 +21,14 @@ pub struct NodeProc {
 impl NodeProc {
     /// Starts `shardgate node` on ports the OS picks and waits for its "listening" line.
     pub fn start(name: &str, data_dir: &Path) -> NodeProc {
+        NodeProc::start_on(name, data_dir, None)
+    }
+
+    /// Starts `shardgate node` with its binary protocol on `listen` (port 0 when `None`).
+    pub fn start_on(name: &str, data_dir: &Path, listen: Option<SocketAddr>) -> NodeProc {
+        let listen = listen.map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
         let mut child = Command::new(BIN)
-            .args(["node", "--name", name, "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .args(["node", "--name", name, "--listen", &listen, "--http", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir)
             .env("RUST_LOG", "warn")
@@ -46,6 +52,14 @@ impl NodeProc {
         guard.binary = field("binary=");
         guard.http = field("http=");
         guard
+    }
+
+    /// Sends `signal` (e.g. "STOP", "CONT") to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let status =
+            Command::new("kill").args([&format!("-{signal}"), &pid]).status().expect("kill");
+        assert!(status.success(), "kill -{signal} failed");
     }
 
     /// SIGKILL, and wait for it to be gone.
