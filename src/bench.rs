@@ -35,6 +35,10 @@ pub struct NodeBench {
     /// Where the started node keeps its data (default: a temp dir, removed after).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Also measure durable replicated writes on a shard with this many replicas (majority
+    /// commit), each its own node process; 0 skips it.
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
 }
 
 const SHARD: &str = "bench";
@@ -55,7 +59,7 @@ pub async fn run(b: NodeBench) -> Result<(), String> {
                     tmp.path().to_path_buf()
                 }
             };
-            let (c, bin, http) = spawn_node(&dir).await?;
+            let (c, bin, http) = spawn_node(&dir, "BenchNode").await?;
             child = Some(c);
             (bin, http)
         }
@@ -64,7 +68,10 @@ pub async fn run(b: NodeBench) -> Result<(), String> {
     if let Some(mut c) = child {
         let _ = c.kill().await;
     }
-    let table = result?;
+    let mut table = result?;
+    if b.replicas > 0 {
+        table.push(replicated(&b).await?);
+    }
     println!("| phase | clients | ops/s | p50 | p99 |");
     println!("|---|---:|---:|---:|---:|");
     for line in table {
@@ -75,10 +82,11 @@ pub async fn run(b: NodeBench) -> Result<(), String> {
 
 async fn spawn_node(
     dir: &std::path::Path,
+    name: &str,
 ) -> Result<(tokio::process::Child, SocketAddr, SocketAddr), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = tokio::process::Command::new(exe)
-        .args(["node", "--name", "BenchNode", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args(["node", "--name", name, "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir)
         .env("RUST_LOG", "warn")
@@ -106,16 +114,96 @@ fn row(key: i64) -> Row {
     }
 }
 
+/// Durable writes through the primary of a shard replicated on `b.replicas` node processes.
+async fn replicated(b: &NodeBench) -> Result<String, String> {
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut children = Vec::new();
+    let mut replicas = Vec::new();
+    for i in 0..b.replicas {
+        let dir = tmp.path().join(format!("r{i}"));
+        let name = format!("BenchReplica{i}");
+        let (c, bin, _) = spawn_node(&dir, &name).await?;
+        children.push(c);
+        replicas.push(protocol::Replica { name, addr: bin.to_string() });
+    }
+    let result = async {
+        let mut conns = Vec::new();
+        for r in &replicas {
+            let c = client::Connection::connect(r.addr.as_str(), "bench")
+                .await
+                .map_err(|e| e.to_string())?;
+            c.call(Request::Config(ConfigReq {
+                schema: bench_schema(),
+                shards: vec![ShardSpec::with_range(SHARD, 0, 1 << 40)],
+            }))
+            .await
+            .map_err(|e| format!("configure: {e}"))?;
+            c.call(Request::Adopt(protocol::AdoptReq { shard: SHARD.into(), epoch: 1 }))
+                .await
+                .map_err(|e| e.to_string())?;
+            conns.push(c);
+        }
+        let voters = replicas.clone();
+        conns[0]
+            .call(Request::Promote(protocol::PromoteReq {
+                shard: SHARD.into(),
+                epoch: 1,
+                voters: voters.clone(),
+                learners: vec![],
+                quorum: protocol::Quorum::Majority,
+            }))
+            .await
+            .map_err(|e| format!("promote: {e}"))?;
+        for c in &conns[1..] {
+            c.call(Request::Follow(protocol::FollowReq {
+                shard: SHARD.into(),
+                epoch: 1,
+                primary: voters[0].clone(),
+            }))
+            .await
+            .map_err(|e| format!("follow: {e}"))?;
+        }
+        let primary: SocketAddr = replicas[0].addr.parse().map_err(|e| format!("{e}"))?;
+        let r = run_phase(
+            b.clients,
+            Duration::from_secs_f64(b.seconds),
+            |c, i| {
+                let key = c as i64 * KEYS_PER_CLIENT + i as i64;
+                Op::Binary(Request::Write(WriteReq {
+                    shard: SHARD.into(),
+                    curr_idx: None,
+                    rows: vec![row(key)],
+                }))
+            },
+            primary,
+            primary,
+        )
+        .await?;
+        Ok::<_, String>(
+            r.line(&format!("binary write, 1 row, {} replicas, majority", b.replicas), b.clients),
+        )
+    }
+    .await;
+    for mut c in children {
+        let _ = c.kill().await;
+    }
+    result
+}
+
+fn bench_schema() -> Schema {
+    Schema {
+        columns: vec!["Stud_id".into(), "Stud_name".into(), "Stud_marks".into()],
+        dtypes: vec![protocol::DType::Number, protocol::DType::String, protocol::DType::String],
+    }
+}
+
 async fn phases(
     b: &NodeBench,
     binary: SocketAddr,
     http: SocketAddr,
 ) -> Result<Vec<String>, String> {
     let setup = client::Connection::connect(binary, "bench").await.map_err(|e| e.to_string())?;
-    let schema = Schema {
-        columns: vec!["Stud_id".into(), "Stud_name".into(), "Stud_marks".into()],
-        dtypes: vec![protocol::DType::Number, protocol::DType::String, protocol::DType::String],
-    };
+    let schema = bench_schema();
     setup
         .call(Request::Config(ConfigReq {
             schema,

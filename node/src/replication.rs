@@ -135,38 +135,55 @@ impl Shard {
                 st.matched_lsn = st.matched_lsn.max(st.base.0.min(target));
             }
             let mut last = last;
+            // Records to append, checked first; appended in runs of one epoch, one write each.
+            let mut fresh: Vec<(LogRecord, Change)> = Vec::new();
             for rec in req.records {
                 if rec.lsn <= st.base.0 {
                     continue;
                 }
-                if rec.lsn <= last {
+                if rec.lsn <= last && fresh.is_empty() {
                     if st.epoch_at(rec.lsn, last) == Some(rec.epoch) {
                         continue; // the same record: same LSN and epoch
                     }
                     core.truncate_to(&mut st, rec.lsn - 1)?;
                     last = rec.lsn - 1;
                 }
-                if rec.lsn != last + 1 {
+                let expected = last + 1 + fresh.len() as u64;
+                if rec.lsn != expected {
                     return Err(ErrorBody::bad_request(format!(
-                        "record {} does not extend the log of shard {} (last {last})",
+                        "record {} does not extend the log of shard {} (expected {expected})",
                         rec.lsn, core.id
                     )));
                 }
                 let change: Change = protocol::wire::decode(&rec.payload).map_err(|e| {
                     ErrorBody::bad_request(format!("undecodable record {}: {e}", rec.lsn))
                 })?;
-                let lsn = core.wal.append(rec.epoch, rec.kind, &rec.payload).map_err(|e| {
-                    ErrorBody::internal(format!("shard {} cannot append: {e}", core.id))
-                })?;
-                if lsn != rec.lsn {
+                fresh.push((rec, change));
+            }
+            let mut at = 0;
+            while at < fresh.len() {
+                let epoch = fresh[at].0.epoch;
+                let run = fresh[at..].iter().take_while(|(r, _)| r.epoch == epoch).count();
+                let (first, end) = core
+                    .wal
+                    .append_batch(
+                        epoch,
+                        fresh[at..at + run].iter().map(|(r, _)| (r.kind, r.payload.as_slice())),
+                    )
+                    .map_err(|e| {
+                        ErrorBody::internal(format!("shard {} cannot append: {e}", core.id))
+                    })?;
+                if first != fresh[at].0.lsn {
                     return Err(ErrorBody::internal(format!(
-                        "shard {}: appended record got lsn {lsn}, expected {}",
-                        core.id, rec.lsn
+                        "shard {}: appended records got lsn {first}, expected {}",
+                        core.id, fresh[at].0.lsn
                     )));
                 }
-                st.push_pending(lsn, rec.epoch, change);
-                last = lsn;
-                appended = Some(lsn);
+                appended = Some(end);
+                at += run;
+            }
+            for (rec, change) in fresh {
+                st.push_pending(rec.lsn, rec.epoch, change);
             }
             st.matched_lsn = st.matched_lsn.max(target);
             st.primary_commit = st.primary_commit.max(req.commit_lsn);

@@ -218,11 +218,12 @@ impl Wal {
             return Err(Error::LsnOutOfRange { lsn, first, last });
         }
         let idx = segment_index(&inner.segments, lsn);
+        let (_, offset) = inner.segments[idx].seek(lsn);
         Ok(Iter {
             shared: s,
             segments: inner.segments[idx..].to_vec(),
             seg: 0,
-            offset: SEGMENT_HEADER_LEN,
+            offset,
             next_lsn: lsn,
             last_lsn: last,
             generation: s.generation.load(Ordering::Acquire),
@@ -248,7 +249,11 @@ impl Wal {
         let idx = segment_index(&inner.segments, lsn + 1);
         let seg = inner.segments[idx].clone();
         // Find record lsn + 1 and the epoch of record lsn.
-        let mut offset = SEGMENT_HEADER_LEN;
+        let (mut at_lsn, mut offset) = seg.seek(lsn);
+        if at_lsn > lsn {
+            (at_lsn, offset) = (seg.first_lsn(), SEGMENT_HEADER_LEN);
+        }
+        let _ = at_lsn;
         let mut epoch = seg.prev_epoch();
         loop {
             match seg.slot_at(offset, seg.end()) {
@@ -272,6 +277,7 @@ impl Wal {
         }
         sync_dir(&s.dir)?;
         inner.segments.truncate(idx + 1);
+        seg.unindex_after(lsn);
         let old_end = seg.end();
         seg.set_end(offset);
         // Readers are excluded by the read guard, appenders by the inner lock.
@@ -384,6 +390,8 @@ impl Shared {
         buf.clear();
         // Records of `buf`: they start at `inner.write_pos` and get LSNs from `next_lsn`.
         let mut pending = 0u64;
+        // Where each buffered record starts, for the segment's sparse index.
+        let mut offsets: Vec<(Lsn, usize)> = Vec::new();
         let mut result = Ok(());
         for (kind, payload) in records {
             if payload.len() > max {
@@ -392,11 +400,12 @@ impl Shared {
             }
             let total = RECORD_HEADER_LEN + payload.len();
             if inner.write_pos + buf.len() + total > self.opts.segment_size {
-                if let Err(e) = self.write_buffered(inner, &buf, pending, epoch) {
+                if let Err(e) = self.write_buffered(inner, &buf, pending, epoch, &offsets) {
                     result = Err(e);
                     break;
                 }
                 buf.clear();
+                offsets.clear();
                 pending = 0;
                 if let Err(e) = self.rotate(inner) {
                     result = Err(e);
@@ -404,12 +413,13 @@ impl Shared {
                 }
             }
             let lsn = inner.next_lsn + pending;
+            offsets.push((lsn, inner.write_pos + buf.len()));
             buf.extend_from_slice(&RecordHeader::new(lsn, epoch, kind, payload).encode());
             buf.extend_from_slice(payload);
             pending += 1;
         }
         if result.is_ok() {
-            result = self.write_buffered(inner, &buf, pending, epoch);
+            result = self.write_buffered(inner, &buf, pending, epoch, &offsets);
         }
         inner.buf = buf;
         result
@@ -422,6 +432,7 @@ impl Shared {
         buf: &[u8],
         count: u64,
         epoch: Epoch,
+        offsets: &[(Lsn, usize)],
     ) -> Result<()> {
         if count == 0 {
             return Ok(());
@@ -438,6 +449,9 @@ impl Shared {
             ))
         });
         seg.write(inner.write_pos, buf)?;
+        for &(lsn, offset) in offsets {
+            seg.index_record(lsn, offset);
+        }
         inner.write_pos += buf.len();
         seg.set_end(inner.write_pos);
         inner.next_lsn += count;

@@ -107,6 +107,7 @@ pub(crate) fn recover(dir: &Path, mode: RecoveryMode) -> Result<Recovered> {
                         ));
                         break;
                     }
+                    seg.index_record(header.lsn, offset);
                     out.next_lsn += 1;
                     out.last_epoch = header.epoch;
                     offset += header.total_len();

@@ -41,7 +41,13 @@ pub(crate) struct Segment {
     /// End of the published records (an offset into the file).
     end: AtomicUsize,
     file: File,
+    /// Sparse index: `(lsn, offset)` of every `INDEX_STRIDE`-th record, ascending, so that
+    /// reading from an LSN does not walk the segment from its start.
+    index: std::sync::Mutex<Vec<(Lsn, usize)>>,
 }
+
+/// One index entry per this many records of a segment.
+pub(crate) const INDEX_STRIDE: u64 = 256;
 
 /// What lies at an offset of a segment.
 #[derive(Debug)]
@@ -63,6 +69,29 @@ impl Segment {
     /// Offset after the last published record.
     pub fn end(&self) -> usize {
         self.end.load(Ordering::Acquire)
+    }
+
+    /// Notes where record `lsn` starts, if it falls on the index stride.
+    pub fn index_record(&self, lsn: Lsn, offset: usize) {
+        if (lsn - self.header.first_lsn) % INDEX_STRIDE == 0 {
+            self.index.lock().unwrap_or_else(|e| e.into_inner()).push((lsn, offset));
+        }
+    }
+
+    /// Forgets index entries of records after `lsn` (truncation).
+    pub fn unindex_after(&self, lsn: Lsn) {
+        self.index.lock().unwrap_or_else(|e| e.into_inner()).retain(|&(l, _)| l <= lsn);
+    }
+
+    /// The closest known record start at or before `lsn`: `(its lsn, offset)`.
+    pub fn seek(&self, lsn: Lsn) -> (Lsn, usize) {
+        let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        let i = index.partition_point(|&(l, _)| l <= lsn);
+        if i == 0 {
+            (self.header.first_lsn, SEGMENT_HEADER_LEN)
+        } else {
+            index[i - 1]
+        }
     }
 
     /// Publishes records up to `end` to readers.
@@ -114,7 +143,14 @@ impl Segment {
         fs::rename(&tmp, &path).map_err(|e| Error::io("rename new segment", &path, e))?;
         sync_dir(dir)?;
         let map = map_file(&file, &path)?;
-        Ok(Segment { path, header, map, end: AtomicUsize::new(SEGMENT_HEADER_LEN), file })
+        Ok(Segment {
+            path,
+            header,
+            map,
+            end: AtomicUsize::new(SEGMENT_HEADER_LEN),
+            file,
+            index: Default::default(),
+        })
     }
 
     /// Opens and maps an existing segment and checks its header. `end` starts at the header;
@@ -142,6 +178,7 @@ impl Segment {
             map,
             end: AtomicUsize::new(SEGMENT_HEADER_LEN),
             file,
+            index: Default::default(),
         }))
     }
 

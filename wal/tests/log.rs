@@ -218,3 +218,31 @@ fn periodic_policy_syncs_in_the_background() {
         std::thread::yield_now();
     }
 }
+
+#[test]
+fn reading_and_cutting_in_the_middle_of_a_large_segment_use_the_sparse_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Wal::open(dir.path(), small(4 << 20)).unwrap();
+    let payloads: Vec<Vec<u8>> = (1..=10_000u64).map(|i| payload_for(i, 40)).collect();
+    for chunk in payloads.chunks(333) {
+        log.append_batch(1, chunk.iter().map(|p| (0u8, p.as_slice()))).unwrap();
+    }
+    assert_eq!(log.segment_count(), 1);
+    for start in [1u64, 2, 255, 256, 257, 258, 513, 4097, 9_999, 10_000] {
+        let got: Vec<u64> = log.iter_from(start).unwrap().take(3).map(|r| r.unwrap().lsn).collect();
+        let want: Vec<u64> = (start..=10_000).take(3).collect();
+        assert_eq!(got, want, "from {start}");
+        let first = log.iter_from(start).unwrap().next().unwrap().unwrap();
+        assert_eq!(first.payload, payloads[start as usize - 1]);
+    }
+    log.truncate_after(5_000).unwrap();
+    assert_eq!(log.append(2, 0, b"after cut").unwrap(), 5_001);
+    let r = log.iter_from(5_001).unwrap().next().unwrap().unwrap();
+    assert_eq!((r.epoch, r.payload.as_slice()), (2, &b"after cut"[..]));
+    let r = log.iter_from(4_999).unwrap().next().unwrap().unwrap();
+    assert_eq!(r.payload, payloads[4_998]);
+    drop(log);
+    let log = Wal::open(dir.path(), small(4 << 20)).unwrap();
+    let lsns: Vec<u64> = log.iter_from(4_990).unwrap().map(|r| r.unwrap().lsn).collect();
+    assert_eq!(lsns, (4_990..=5_001).collect::<Vec<_>>());
+}
