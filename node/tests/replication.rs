@@ -435,3 +435,46 @@ async fn a_fresh_replica_catches_up_by_snapshot_and_log() {
     assert_eq!(want.len(), 100_005);
     converged(&[a, b, c], &want).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_all_waits_for_every_voter() {
+    let mut nodes = cluster(3, ShardOptions::default()).await;
+    for n in &nodes {
+        n.call(Request::Adopt(AdoptReq { shard: SHARD.into(), epoch: 1 })).await.unwrap();
+    }
+    let voters: Vec<Replica> = nodes.iter().map(TestNode::replica).collect();
+    nodes[0]
+        .call(Request::Promote(PromoteReq {
+            shard: SHARD.into(),
+            epoch: 1,
+            voters: voters.clone(),
+            learners: vec![],
+            quorum: Quorum::All,
+        }))
+        .await
+        .unwrap();
+    for n in &nodes[1..] {
+        n.call(Request::Follow(FollowReq { shard: SHARD.into(), epoch: 1, primary: voters[0].clone() }))
+            .await
+            .unwrap();
+    }
+    let conn = nodes[0].conn().await;
+    assert!(matches!(write(&conn, 0..1).await, Ok(Response::Written { .. })));
+    nodes[2].stop().await;
+    let pending = tokio::spawn({
+        let conn = conn.clone();
+        async move { write(&conn, 1..2).await }
+    });
+    // The other secondary holds it durably, which is a majority but not all.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nodes[1].info().await.last_lsn < 3 {
+        assert!(Instant::now() < deadline, "the record never reached the secondary");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!pending.is_finished(), "quorum all committed without every voter");
+    nodes[2].restart().await;
+    match tokio::time::timeout(Duration::from_secs(20), pending).await {
+        Ok(Ok(Ok(Response::Written { .. }))) => {}
+        other => panic!("write did not commit once every voter was back: {other:?}"),
+    }
+}
