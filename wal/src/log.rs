@@ -26,6 +26,9 @@ use crate::{Epoch, Lsn, Options, Record, SyncPolicy};
 const LOCK_FILE: &str = "LOCK";
 /// Name of the segment file prepared ahead of need.
 const SPARE_FILE: &str = "spare.tmp";
+/// Purged segments kept for reuse as new segments (their blocks are already allocated and
+/// written, so appending into them costs what rewriting a preallocated file costs).
+const MAX_RECYCLED_SEGMENTS: usize = 4;
 /// Smallest segment size accepted.
 pub const MIN_SEGMENT_SIZE: usize = 256;
 
@@ -64,6 +67,12 @@ struct Inner {
     spare: Spare,
     /// Reused buffer in which appends encode their records before one write.
     buf: Vec<u8>,
+    /// Reused buffer: `buf` plus the zero terminator.
+    buf_terminated: Vec<u8>,
+    /// Purged segment files waiting to be reused. Their old records all have LSNs below
+    /// the first LSN still held, and every write ends with a zero terminator, so recovery
+    /// never reads them as part of the log.
+    recycled: Vec<PathBuf>,
 }
 
 /// A zero-filled segment file prepared by a background thread before the active segment
@@ -118,6 +127,8 @@ impl Wal {
                 dirty_from: active,
                 spare: Spare::None,
                 buf: Vec::new(),
+                buf_terminated: Vec::new(),
+                recycled: Vec::new(),
             }),
             sync_lock: Mutex::new(()),
             read_guard: RwLock::new(()),
@@ -307,6 +318,10 @@ impl Wal {
         for dead in inner.segments.iter().rev() {
             fs::remove_file(&dead.path).map_err(|e| Error::io("remove segment", &dead.path, e))?;
         }
+        // The log may restart below LSNs that recycled files still hold: never reuse them.
+        for old in std::mem::take(&mut inner.recycled) {
+            fs::remove_file(&old).map_err(|e| Error::io("remove recycled segment", &old, e))?;
+        }
         sync_dir(&s.dir)?;
         let spare = inner.spare.take_ready();
         let header = SegmentHeader { first_lsn: lsn + 1, prev_epoch: epoch };
@@ -332,7 +347,15 @@ impl Wal {
         while inner.segments.len() > 1 && inner.segments[1].first_lsn() <= lsn {
             let dead = inner.segments.remove(0);
             // Oldest first: what stays is always a contiguous suffix of the log.
-            fs::remove_file(&dead.path).map_err(|e| Error::io("remove segment", &dead.path, e))?;
+            if inner.recycled.len() < MAX_RECYCLED_SEGMENTS && dead.size() == s.opts.segment_size {
+                let to = s.dir.join(format!("recycle-{}.tmp", dead.first_lsn()));
+                fs::rename(&dead.path, &to)
+                    .map_err(|e| Error::io("recycle segment", &dead.path, e))?;
+                inner.recycled.push(to);
+            } else {
+                fs::remove_file(&dead.path)
+                    .map_err(|e| Error::io("remove segment", &dead.path, e))?;
+            }
             n += 1;
         }
         if n > 0 {
@@ -448,7 +471,17 @@ impl Shared {
                 std::io::Error::other("injected write failure"),
             ))
         });
-        seg.write(inner.write_pos, buf)?;
+        // The records, then zeroes where the next record will go: in a recycled segment the
+        // bytes after the last record are old data, and recovery must find an end there.
+        let end = inner.write_pos + buf.len();
+        let terminator = RECORD_HEADER_LEN.min(seg.size() - end);
+        let mut out = std::mem::take(&mut inner.buf_terminated);
+        out.clear();
+        out.extend_from_slice(buf);
+        out.resize(buf.len() + terminator, 0);
+        let written = seg.write(inner.write_pos, &out);
+        inner.buf_terminated = out;
+        written?;
         for &(lsn, offset) in offsets {
             seg.index_record(lsn, offset);
         }
@@ -464,12 +497,13 @@ impl Shared {
     /// corruption, since a crash can tear only the last one.
     fn rotate(&self, inner: &mut Inner) -> Result<()> {
         let old = active(inner).clone();
-        if let Err(e) = old.flush(inner.dirty_from, inner.write_pos) {
+        let to = (inner.write_pos + RECORD_HEADER_LEN).min(old.size());
+        if let Err(e) = old.flush(inner.dirty_from, to) {
             self.poisoned.store(true, Ordering::Release);
             return Err(e);
         }
         let header = SegmentHeader { first_lsn: inner.next_lsn, prev_epoch: inner.last_epoch };
-        let spare = inner.spare.take_ready();
+        let spare = inner.recycled.pop().or_else(|| inner.spare.take_ready());
         let seg = Segment::create(&self.dir, header, self.opts.segment_size, spare)?;
         inner.segments.push(Arc::new(seg));
         inner.write_pos = SEGMENT_HEADER_LEN;
@@ -480,6 +514,7 @@ impl Shared {
     /// Starts preparing the next segment once the active one is half full.
     fn maybe_prepare_spare(&self, inner: &mut Inner) {
         if !self.opts.prepare_spare_segments
+            || !inner.recycled.is_empty()
             || !matches!(inner.spare, Spare::None)
             || inner.write_pos < self.opts.segment_size / 2
         {
@@ -512,7 +547,9 @@ impl Shared {
             let mut inner = self.lock_inner();
             let from = inner.dirty_from;
             inner.dirty_from = inner.write_pos;
-            (inner.next_lsn - 1, active(&inner).clone(), from, inner.write_pos)
+            let seg = active(&inner).clone();
+            let to = (inner.write_pos + RECORD_HEADER_LEN).min(seg.size());
+            (inner.next_lsn - 1, seg, from, to)
         };
         let flushed = (|| {
             fail::fail_point!("wal::sync", |_| Err(Error::io(
@@ -535,11 +572,12 @@ impl Shared {
 }
 
 impl Spare {
-    /// The prepared file, if the background thread finished; a failed preparation is
-    /// logged and forgotten (the rotation then creates the segment itself).
+    /// The prepared file, waiting for the background thread if it is still zero-filling
+    /// (finishing its work is never slower than starting the same work again); a failed
+    /// preparation is logged and forgotten (the rotation then creates the segment itself).
     fn take_ready(&mut self) -> Option<PathBuf> {
         match std::mem::replace(self, Spare::None) {
-            Spare::Preparing(h) if h.is_finished() => match h.join() {
+            Spare::Preparing(h) => match h.join() {
                 Ok(Ok(p)) => Some(p),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "preparing a spare segment failed");
@@ -547,10 +585,7 @@ impl Spare {
                 }
                 Err(_) => None,
             },
-            other => {
-                *self = other;
-                None
-            }
+            Spare::None => None,
         }
     }
 }

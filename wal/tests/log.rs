@@ -246,3 +246,41 @@ fn reading_and_cutting_in_the_middle_of_a_large_segment_use_the_sparse_index() {
     let lsns: Vec<u64> = log.iter_from(4_990).unwrap().map(|r| r.unwrap().lsn).collect();
     assert_eq!(lsns, (4_990..=5_001).collect::<Vec<_>>());
 }
+
+#[test]
+fn purged_segments_are_recycled_and_their_old_records_never_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = small(1024);
+    opts.prepare_spare_segments = false;
+    let log = Wal::open(dir.path(), opts.clone()).unwrap();
+    for i in 1..=60u64 {
+        log.append(1, 0, &payload_for(i, 90)).unwrap();
+    }
+    log.sync().unwrap();
+    let before = segment_files(dir.path()).len();
+    assert!(before > 4);
+    log.purge_before(log.last().0).unwrap();
+    let recycled = |d: &std::path::Path| {
+        std::fs::read_dir(d)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("recycle-"))
+            .count()
+    };
+    let pooled = recycled(dir.path());
+    assert!((2..=4).contains(&pooled), "purged segments should wait for reuse ({pooled})");
+    // Short records now land in files full of longer, older records.
+    for i in 61..=240u64 {
+        log.append(1, 0, &payload_for(i, 20)).unwrap();
+    }
+    log.sync().unwrap();
+    assert_eq!(recycled(dir.path()), 0, "rotation should have reused the recycled files");
+    let first = log.first_lsn();
+    drop(log);
+    let log = Wal::open(dir.path(), opts).unwrap();
+    assert_eq!(log.last().0, 240);
+    assert_eq!(log.first_lsn(), first);
+    for r in read_all(&log) {
+        let max = if r.lsn <= 60 { 90 } else { 20 };
+        assert_eq!(r.payload, payload_for(r.lsn, max), "record {}", r.lsn);
+    }
+}
