@@ -163,6 +163,7 @@ async fn route(
                 shard,
                 low: key_field(range, "low")?,
                 high: key_field(range, "high")?,
+                min_lsn: 0,
             })
         }
         "/write" => {

@@ -14,6 +14,8 @@ use crate::shard::{Change, Shard, ShardMeta, ShardOptions, META_FILE};
 
 /// Directory under the data dir that holds one directory per shard replica.
 const SHARDS_DIR: &str = "shards";
+/// How long a read waits for its replica to apply the LSN the caller already saw.
+const READ_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Longest shard id accepted (it names a directory).
 const MAX_SHARD_ID_LEN: usize = 64;
 
@@ -84,7 +86,7 @@ impl Node {
             Request::Heartbeat => Ok(Response::Heartbeat),
             Request::Config(c) => self.configure(c).await,
             Request::Copy(c) => self.copy(c),
-            Request::Read(r) => self.read(r),
+            Request::Read(r) => self.read(r).await,
             Request::Write(w) => self.write(w).await,
             Request::Update(u) => self.update(u).await,
             Request::Delete(d) => self.delete(d).await,
@@ -166,14 +168,18 @@ impl Node {
         })
     }
 
-    fn read(&self, r: ReadReq) -> std::result::Result<Response, ErrorBody> {
+    async fn read(&self, r: ReadReq) -> std::result::Result<Response, ErrorBody> {
         if r.low > r.high {
             return Err(ErrorBody::bad_request(format!(
                 "low ({}) is greater than high ({})",
                 r.low, r.high
             )));
         }
-        let (rows, applied_lsn) = self.shard(&r.shard)?.read(r.low, r.high);
+        let shard = self.shard(&r.shard)?;
+        if r.min_lsn > 0 {
+            shard.wait_visible(r.min_lsn, READ_WAIT).await?;
+        }
+        let (rows, applied_lsn) = shard.read(r.low, r.high);
         Ok(Response::Read { rows, applied_lsn })
     }
 

@@ -596,6 +596,32 @@ impl Shard {
         )))
     }
 
+    /// Waits (at most `within`) until this replica has applied `lsn`, so that a read never
+    /// returns older data than its caller already saw elsewhere.
+    pub async fn wait_visible(
+        &self,
+        lsn: Lsn,
+        within: std::time::Duration,
+    ) -> std::result::Result<(), ErrorBody> {
+        let mut rx = self.core.progress.subscribe();
+        let reached = match tokio::time::timeout(
+            within,
+            rx.wait_for(|p| p.applied >= lsn || p.closing),
+        )
+        .await
+        {
+            Ok(Ok(p)) => p.applied >= lsn,
+            _ => false,
+        };
+        match reached {
+            true => Ok(()),
+            false => Err(ErrorBody::unavailable(format!(
+                "{} has not yet applied lsn {lsn} of shard {}; read from another replica",
+                self.core.node_name, self.core.id
+            ))),
+        }
+    }
+
     /// Applied rows with `low <= key <= high`, in key order, and the applied LSN.
     pub fn read(&self, low: i64, high: i64) -> (Vec<Row>, Lsn) {
         let st = self.core.lock_state();

@@ -454,9 +454,13 @@ async fn quorum_all_waits_for_every_voter() {
         .await
         .unwrap();
     for n in &nodes[1..] {
-        n.call(Request::Follow(FollowReq { shard: SHARD.into(), epoch: 1, primary: voters[0].clone() }))
-            .await
-            .unwrap();
+        n.call(Request::Follow(FollowReq {
+            shard: SHARD.into(),
+            epoch: 1,
+            primary: voters[0].clone(),
+        }))
+        .await
+        .unwrap();
     }
     let conn = nodes[0].conn().await;
     assert!(matches!(write(&conn, 0..1).await, Ok(Response::Written { .. })));
@@ -476,5 +480,45 @@ async fn quorum_all_waits_for_every_voter() {
     match tokio::time::timeout(Duration::from_secs(20), pending).await {
         Ok(Ok(Ok(Response::Written { .. }))) => {}
         other => panic!("write did not commit once every voter was back: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_with_min_lsn_never_returns_older_data_than_the_caller_saw() {
+    let nodes = cluster(3, ShardOptions::default()).await;
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    let p = elect(&all, &all, &[], 1).await;
+    let conn = nodes[p].conn().await;
+    let lsn = match write(&conn, 7..8).await {
+        Ok(Response::Written { lsn, .. }) => lsn,
+        other => panic!("{other:?}"),
+    };
+    // Straight after the acknowledgement, every secondary read that carries the write's LSN
+    // sees the row (waiting for it if need be).
+    for n in nodes.iter().filter(|n| n.name != nodes[p].name) {
+        let req = Request::Read(protocol::ReadReq {
+            shard: SHARD.into(),
+            low: 0,
+            high: 10,
+            min_lsn: lsn,
+        });
+        match n.call(req).await {
+            Ok(Response::Read { rows, applied_lsn }) => {
+                assert!(applied_lsn >= lsn);
+                assert_eq!(rows, vec![row(7)]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // An LSN nobody will reach in time: a clear "unavailable", not stale data.
+    let req = Request::Read(protocol::ReadReq {
+        shard: SHARD.into(),
+        low: 0,
+        high: 10,
+        min_lsn: lsn + 1000,
+    });
+    match nodes[(p + 1) % 3].call(req).await {
+        Err(CallError::Remote(e)) => assert_eq!(e.kind, ErrorKind::Unavailable, "{e:?}"),
+        other => panic!("{other:?}"),
     }
 }

@@ -124,6 +124,10 @@ pub struct ReadReq {
     pub low: i64,
     /// Largest key wanted.
     pub high: i64,
+    /// Answer only once the replica has applied at least this LSN (the last LSN the caller
+    /// saw for the shard), so a read never returns older data than the caller already saw;
+    /// 0 for no condition.
+    pub min_lsn: Lsn,
 }
 
 /// Add rows to one shard; all or nothing.

@@ -83,12 +83,14 @@ pub fn echo(server_name: &str, req: &Request) -> Response {
         }
         Request::Update(u) => Response::Updated { key: u.key, lsn: 0 },
         Request::Delete(d) => Response::Deleted { key: d.key, lsn: d.key as u64 },
+        // Replication and control commands: an answer that names no data.
+        _ => Response::Heartbeat,
     }
 }
 
 /// A read request identified by `n`.
 pub fn read(n: i64) -> Request {
-    Request::Read(protocol::ReadReq { shard: "sh1".into(), low: n, high: n })
+    Request::Read(protocol::ReadReq { shard: "sh1".into(), low: n, high: n, min_lsn: 0 })
 }
 
 /// A running test server; stops (with every connection) when dropped.

@@ -51,8 +51,9 @@ pub fn request() -> impl Strategy<Value = Request> {
         (schema(), vec(shard_spec(), 0..4))
             .prop_map(|(schema, shards)| Request::Config(ConfigReq { schema, shards })),
         vec(shard_id(), 0..4).prop_map(|shards| Request::Copy(CopyReq { shards })),
-        (shard_id(), any::<i64>(), any::<i64>())
-            .prop_map(|(shard, low, high)| Request::Read(ReadReq { shard, low, high })),
+        (shard_id(), any::<i64>(), any::<i64>(), any::<u64>()).prop_map(
+            |(shard, low, high, min_lsn)| Request::Read(ReadReq { shard, low, high, min_lsn })
+        ),
         (shard_id(), option::of(any::<u64>()), rows())
             .prop_map(|(shard, curr_idx, rows)| Request::Write(WriteReq { shard, curr_idx, rows })),
         (shard_id(), any::<i64>(), row())
