@@ -250,7 +250,12 @@ async fn phases(
         dur,
         move |c, i| {
             let low = rk(c, i);
-            Op::Binary(Request::Read(ReadReq { shard: SHARD.into(), low, high: low + span - 1, min_lsn: 0 }))
+            Op::Binary(Request::Read(ReadReq {
+                shard: SHARD.into(),
+                low,
+                high: low + span - 1,
+                min_lsn: 0,
+            }))
         },
         binary,
         http,

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod analyze;
 mod bench;
+mod cluster;
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +37,19 @@ enum Command {
         /// Directory of the node's shard replicas (default ./data/NAME).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+    /// Start the balancer: the shard manager and the router in one process, with
+    /// --servers replicas named Server1..ServerN. Ctrl-C / SIGTERM stops everything.
+    Up(cluster::UpArgs),
+    /// Run the shard manager alone (membership, heartbeats, replicas); routers connect to
+    /// its --listen address.
+    Manager(cluster::ManagerArgs),
+    /// Run a router alone against a running shard manager (several may share one).
+    Lb(cluster::LbArgs),
+    /// Analyses of the assignment; `analyze stage1` is.
+    Analyze {
+        #[command(subcommand)]
+        what: analyze::AnalyzeWhat,
     },
     /// Benchmarks; `bench node` measures one node's durable writes and reads.
     Bench {
@@ -78,6 +93,10 @@ fn main() -> ExitCode {
                 };
                 node::run(cfg, shutdown_signal()).await.map_err(|e| e.to_string())
             }
+            Command::Up(args) => cluster::up(args, shutdown_signal()).await,
+            Command::Manager(args) => cluster::manager(args, shutdown_signal()).await,
+            Command::Lb(args) => cluster::lb(args, shutdown_signal()).await,
+            Command::Analyze { what } => analyze::run(what).await,
             Command::Bench { what: BenchWhat::Node(b) } => bench::run(b).await,
         }
     });

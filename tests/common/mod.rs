@@ -89,3 +89,214 @@ impl Drop for NodeProc {
         self.kill9();
     }
 }
+
+/// Pids of every descendant of `pid` (children, grandchildren, ...), from /proc.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut children: std::collections::HashMap<u32, Vec<u32>> = Default::default();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        // Fields after the command name, which is in parentheses and may contain spaces.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|s| s.parse().ok()) {
+            children.entry(ppid).or_default().push(p);
+        }
+    }
+    let (mut out, mut stack) = (Vec::new(), vec![pid]);
+    while let Some(p) = stack.pop() {
+        for &c in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
+            out.push(c);
+            stack.push(c);
+        }
+    }
+    out
+}
+
+/// The command line of `pid`, arguments separated by spaces ("" once it is gone).
+pub fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rfind(')').and_then(|i| stat[i + 2..].chars().next()) != Some('Z'),
+        Err(_) => false,
+    }
+}
+
+/// The pid of the live `shardgate node --name NAME` under `root`.
+pub fn node_pid(root: u32, name: &str) -> Option<u32> {
+    let needle = format!(" node --name {name} ");
+    descendants(root).into_iter().find(|&p| cmdline(p).contains(&needle) && pid_alive(p))
+}
+
+/// Pids of the live `shardgate node` processes under `root`.
+pub fn node_pids(root: u32) -> Vec<u32> {
+    descendants(root)
+        .into_iter()
+        .filter(|&p| cmdline(p).contains(" node --name ") && pid_alive(p))
+        .collect()
+}
+
+/// Sends `signal` (`"KILL"`, `"TERM"`) to `pid`.
+pub fn signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill").args([format!("-{signal}"), pid.to_string()]).status();
+}
+
+/// Polls `f` every 20 ms until it returns `Some` or `within` has passed.
+pub async fn poll<T, F, Fut>(within: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One HTTP request on a fresh connection: status and JSON body (`Null` when empty or not
+/// JSON). Panics if the server cannot be reached.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    try_http(addr, method, path, body).await.unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// [`http`] that reports transport errors instead of panicking.
+pub async fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> std::io::Result<(u16, serde_json::Value)> {
+    let mut c = client::HttpClient::connect(addr).await?;
+    let bytes = body.map(|b| serde_json::to_vec(&b).unwrap()).unwrap_or_default();
+    let reply = c.request(method, path, &bytes).await?;
+    Ok((reply.status, reply.json().unwrap_or(serde_json::Value::Null)))
+}
+
+/// A `shardgate up`, `manager` or `lb` process. On drop it and every node under it are
+/// SIGKILLed (nodes first, so none outlives the test even if the kernel's parent-death
+/// signal did not fire).
+pub struct ClusterProc {
+    child: Child,
+    /// Fields of its first stdout line (`http=ADDR`, `manager=ADDR`, `control=ADDR`).
+    fields: std::collections::HashMap<String, String>,
+}
+
+impl ClusterProc {
+    /// Runs `shardgate ARGS` and waits (up to 60 s) for its first stdout line.
+    pub fn start(args: &[&str]) -> ClusterProc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn shardgate");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line);
+            // Keep draining so the process never blocks on a full pipe.
+            let mut sink = String::new();
+            while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                sink.clear();
+            }
+        });
+        let mut guard = ClusterProc { child, fields: Default::default() };
+        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+        assert!(line.contains(" listening "), "shardgate {args:?} did not start: {line:?}");
+        guard.fields = line
+            .split_whitespace()
+            .filter_map(|w| w.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        guard
+    }
+
+    /// `shardgate up` with `servers` replicas on ports the OS picks, data in `dir`.
+    pub fn up(servers: usize, dir: &Path, extra: &[&str]) -> ClusterProc {
+        let dir = dir.to_str().expect("utf-8 temp dir");
+        let n = servers.to_string();
+        let mut args = vec![
+            "up",
+            "--http",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir,
+            "--servers",
+            &n,
+        ];
+        args.extend_from_slice(extra);
+        ClusterProc::start(&args)
+    }
+
+    /// An address from the first line (`http`, `manager`, `control`).
+    pub fn addr(&self, field: &str) -> SocketAddr {
+        self.fields
+            .get(field)
+            .unwrap_or_else(|| panic!("no {field}= in {:?}", self.fields))
+            .parse()
+            .expect("address")
+    }
+
+    /// The balancer's HTTP address.
+    pub fn http(&self) -> SocketAddr {
+        self.addr("http")
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `within` for the process to exit; its exit status, if it did.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL of the process alone (its nodes are left to the kernel's parent-death signal).
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ClusterProc {
+    fn drop(&mut self) {
+        for p in descendants(self.child.id()) {
+            signal(p, "KILL");
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -30,9 +30,10 @@ const PAYLOADS: [(usize, &str); 2] = [(100, "100B"), (4096, "4KiB")];
 const SYNC_POINTS: [(Option<u64>, &str); 3] =
     [(Some(1), "sync_each"), (Some(64), "sync_per_64"), (None, "sync_never")];
 
-/// (sync point, payload, system) -> (total time, records).
-static RESULTS: Mutex<BTreeMap<(String, String, &'static str), (Duration, u64)>> =
-    Mutex::new(BTreeMap::new());
+/// (sync point, payload, system).
+type Case = (String, String, &'static str);
+/// Each case's total time and records.
+static RESULTS: Mutex<BTreeMap<Case, (Duration, u64)>> = Mutex::new(BTreeMap::new());
 
 fn record(group: &str, payload: &str, system: &'static str, d: Duration, n: u64) {
     let mut r = RESULTS.lock().unwrap();

@@ -73,7 +73,7 @@ impl Segment {
 
     /// Notes where record `lsn` starts, if it falls on the index stride.
     pub fn index_record(&self, lsn: Lsn, offset: usize) {
-        if (lsn - self.header.first_lsn) % INDEX_STRIDE == 0 {
+        if (lsn - self.header.first_lsn).is_multiple_of(INDEX_STRIDE) {
             self.index.lock().unwrap_or_else(|e| e.into_inner()).push((lsn, offset));
         }
     }

@@ -102,7 +102,7 @@ proptest! {
                     log.purge_before(upto).unwrap();
                     let first = log.first_lsn();
                     prop_assert!(first >= m.first && first <= upto.max(m.first), "first {} upto {}", first, upto);
-                    if let Some(r) = m.records.drain(..(first - m.first) as usize).last() {
+                    if let Some(r) = m.records.drain(..(first - m.first) as usize).next_back() {
                         m.prev_epoch = r.1;
                     }
                     m.first = first;

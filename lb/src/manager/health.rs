@@ -1,0 +1,134 @@
+//! One loop per replica: a binary `Heartbeat` every interval; a replica whose last answered
+//! heartbeat is older than the dead-after time is marked dead (routers stop sending to it),
+//! killed, and started again under the same name, id and data directory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use client::{ConnectOptions, Connection};
+use protocol::{Request, Response};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Manager;
+use crate::spawner::Spawned;
+
+/// First wait before trying again to start a replica that failed to start; doubles up to
+/// [`RESPAWN_BACKOFF_MAX`].
+const RESPAWN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between two attempts to start a replica.
+const RESPAWN_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Watches replica `name` until `watch` is cancelled (removed, or shutdown).
+pub(super) async fn watch_replica(
+    m: Arc<Manager>,
+    name: String,
+    mut spawned: Spawned,
+    watch: CancellationToken,
+) {
+    let opts = ConnectOptions {
+        connect_timeout: m.cfg.dead_after,
+        handshake_timeout: m.cfg.dead_after,
+        request_timeout: Some(m.cfg.dead_after),
+    };
+    let mut conn: Option<Connection> = None;
+    let mut last_ok = Instant::now();
+    loop {
+        tokio::select! {
+            _ = watch.cancelled() => return,
+            _ = tokio::time::sleep(m.cfg.heartbeat) => {}
+        }
+        let ok = tokio::select! {
+            _ = watch.cancelled() => return,
+            ok = ping(&mut conn, spawned, opts) => ok,
+        };
+        if ok {
+            last_ok = Instant::now();
+            continue;
+        }
+        let silent = last_ok.elapsed();
+        if silent < m.cfg.dead_after {
+            continue;
+        }
+        if !m.mark_dead(&name) {
+            return;
+        }
+        tracing::warn!(
+            replica = %name,
+            silent_ms = silent.as_millis() as u64,
+            reason = "missed heartbeats",
+            "replica dead; replacing it"
+        );
+        conn = None;
+        let started = Instant::now();
+        match replace(&m, &name, &watch).await {
+            Some(s) => {
+                tracing::info!(
+                    replica = %name,
+                    addr = %s.addr,
+                    http = %s.http,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "replica replaced under the same name"
+                );
+                spawned = s;
+                last_ok = Instant::now();
+            }
+            None => return,
+        }
+    }
+}
+
+/// One heartbeat over the cached connection (opened if needed); true if answered.
+async fn ping(conn: &mut Option<Connection>, s: Spawned, opts: ConnectOptions) -> bool {
+    if conn.as_ref().is_none_or(Connection::is_closed) {
+        match Connection::connect_with(s.addr, "shardgate-manager", opts).await {
+            Ok(c) => *conn = Some(c),
+            Err(_) => return false,
+        }
+    }
+    let Some(c) = conn.as_ref() else { return false };
+    match c.call(Request::Heartbeat).await {
+        Ok(Response::Heartbeat) => true,
+        Ok(_) => false,
+        Err(e) => {
+            if !matches!(e, client::CallError::Timeout) {
+                *conn = None;
+            }
+            false
+        }
+    }
+}
+
+/// Kills what is left of `name` and starts it again, retrying with backoff, under the admin
+/// lock; `None` once the replica was removed or the manager stops.
+async fn replace(m: &Manager, name: &str, watch: &CancellationToken) -> Option<Spawned> {
+    let mut backoff = RESPAWN_BACKOFF;
+    loop {
+        let admin = tokio::select! {
+            _ = watch.cancelled() => return None,
+            g = m.admin.lock() => g,
+        };
+        if watch.is_cancelled() {
+            return None;
+        }
+        m.spawner.kill(name).await;
+        match m.spawner.spawn(name).await {
+            Ok(s) => {
+                if m.replaced(name, s, watch) {
+                    return Some(s);
+                }
+                m.spawner.kill(name).await;
+                return None;
+            }
+            Err(e) => {
+                tracing::error!(replica = %name, error = %e, "cannot replace replica; retrying")
+            }
+        }
+        drop(admin);
+        tokio::select! {
+            _ = watch.cancelled() => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(RESPAWN_BACKOFF_MAX);
+    }
+}

@@ -1,0 +1,112 @@
+//! The manager's door for routers: the control protocol ([`crate::control`]) over the binary
+//! protocol's frames and handshake. Requests on one connection are handled concurrently (a
+//! watch may be held for seconds) and answered in any order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use protocol::ErrorBody;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Manager;
+use crate::control::{ControlRequest, ControlRequestFrame, ControlResponse, ControlResponseFrame};
+
+/// A router must complete the handshake within this time.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Answers queued for one connection's writer.
+const RESPONSE_QUEUE: usize = 64;
+/// The name the manager gives in handshakes.
+pub const MANAGER_NAME: &str = "shardgate-manager";
+
+/// Serves routers on `listener` until `cancel`; returns once every connection has ended.
+pub async fn serve(listener: TcpListener, manager: Arc<Manager>, cancel: CancellationToken) {
+    let tracker = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (m, c, t) = (manager.clone(), cancel.clone(), tracker.clone());
+        tracker.spawn(async move {
+            if let Err(e) = connection(stream, m, c, t).await {
+                tracing::debug!(%peer, error = %e, "control connection ended");
+            }
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+async fn connection(
+    stream: TcpStream,
+    manager: Arc<Manager>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) -> protocol::Result<()> {
+    let mut framed = protocol::framed(stream);
+    let hello = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        protocol::server_handshake(&mut framed, MANAGER_NAME),
+    )
+    .await
+    .map_err(|_| protocol::Error::Handshake("handshake timed out".into()))??;
+    tracing::debug!(peer = %hello.peer, "router connected");
+    let (mut sink, mut frames) = framed.split();
+    let (tx, mut rx) = mpsc::channel::<ControlResponseFrame>(RESPONSE_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            sink.send(protocol::wire::encode(&frame)?).await?;
+        }
+        Ok::<(), protocol::Error>(())
+    });
+    let result = loop {
+        let frame = tokio::select! {
+            _ = cancel.cancelled() => break Ok(()),
+            f = frames.next() => f,
+        };
+        let bytes = match frame {
+            None => break Ok(()),
+            Some(Ok(b)) => b,
+            Some(Err(e)) => break Err(protocol::Error::from(e)),
+        };
+        let req: ControlRequestFrame = match protocol::wire::decode(&bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                let answer = ErrorBody::bad_request(format!("undecodable control request: {e}"));
+                let _ = tx.send(ControlResponseFrame { id: 0, body: Err(answer) }).await;
+                break Err(e);
+            }
+        };
+        let (m, tx) = (manager.clone(), tx.clone());
+        tracker.spawn(async move {
+            let body = handle(&m, req.body).await;
+            let _ = tx.send(ControlResponseFrame { id: req.id, body }).await;
+        });
+    };
+    drop(tx);
+    let _ = writer.await;
+    result
+}
+
+async fn handle(m: &Arc<Manager>, req: ControlRequest) -> Result<ControlResponse, ErrorBody> {
+    let members = match req {
+        ControlRequest::Watch { generation, version, wait_ms } => {
+            m.watch(generation, version, Duration::from_millis(wait_ms)).await
+        }
+        ControlRequest::Add { n, hostnames } => m.add(n, &hostnames).await?,
+        ControlRequest::Remove { n, hostnames } => m.remove(n, &hostnames).await?,
+    };
+    Ok(ControlResponse::Members((*members).clone()))
+}

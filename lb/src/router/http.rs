@@ -1,0 +1,310 @@
+//! The router's HTTP front (HTTP/1.1 by hyper, keep-alive, no framework): the balancer
+//! endpoints of stage 1 and, for every other path, the replica's own answer.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, StatusCode};
+use protocol::ErrorBody;
+use serde_json::{json, Value as Json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::proxy::Outgoing;
+use super::{ring_capacity, Router};
+use crate::control::{ControlRequest, Membership};
+use crate::key::RequestFacts;
+
+/// Largest request (and forwarded answer) body accepted; a larger request gets 413.
+pub const MAX_HTTP_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// A client must send a request's headers within this time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for requests in progress.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+type HttpResponse = hyper::Response<Full<Bytes>>;
+
+/// Serves HTTP on `listener` until `shutdown` completes, then lets requests in progress
+/// finish (up to a grace period).
+pub async fn serve(listener: TcpListener, router: Arc<Router>, shutdown: impl Future<Output = ()>) {
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "http accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (router, cancel) = (router.clone(), cancel.clone());
+        tracker.spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let service = hyper::service::service_fn(move |req| {
+                let router = router.clone();
+                async move { Ok::<_, Infallible>(handle(&router, req, peer).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(io, service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "http connection ended");
+                    }
+                }
+                _ = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    cancel.cancel();
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        tracing::warn!("http requests did not finish within the grace period");
+    }
+}
+
+async fn handle(router: &Router, req: hyper::Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let resp = match Limited::new(body, MAX_HTTP_BODY_BYTES).collect().await {
+        Ok(b) => route(router, &parts, &path, b.to_bytes(), peer).await,
+        Err(e) => {
+            let err = if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                ErrorBody::too_large(format!(
+                    "request body is larger than {MAX_HTTP_BODY_BYTES} bytes"
+                ))
+            } else {
+                ErrorBody::bad_request(format!("cannot read the request body: {e}"))
+            };
+            error_response(&err)
+        }
+    };
+    router.metrics.observe(&path, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+async fn route(
+    router: &Router,
+    parts: &hyper::http::request::Parts,
+    path: &str,
+    body: Bytes,
+    peer: SocketAddr,
+) -> HttpResponse {
+    let method = &parts.method;
+    let allowed: Option<&[Method]> = match path {
+        "/rep" | "/metrics" => Some(&[Method::GET]),
+        "/add" => Some(&[Method::POST]),
+        "/rm" => Some(&[Method::DELETE, Method::POST]),
+        _ => None,
+    };
+    if allowed.is_some_and(|a| !a.contains(method)) {
+        return json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({
+                "message": format!("<Error> method {method} is not allowed on '{path}'"),
+                "status": "failure"
+            }),
+        );
+    }
+    let result = match path {
+        "/rep" => Ok(rep(router)),
+        "/metrics" => Ok(metrics(router)),
+        "/add" => add(router, &body).await,
+        "/rm" => rm(router, &body).await,
+        _ => forward(router, parts, path, body, peer).await,
+    };
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+fn rep(router: &Router) -> HttpResponse {
+    let t = router.table();
+    if !t.ready {
+        return error_response(&ErrorBody::unavailable("no membership from the shard manager yet"));
+    }
+    let live = t.live_names();
+    json_response(
+        StatusCode::OK,
+        &json!({"message": {"N": live.len(), "replicas": live}, "status": "successful"}),
+    )
+}
+
+fn metrics(router: &Router) -> HttpResponse {
+    let text = router.metrics.render(&router.table(), &router.cfg.hash);
+    let mut r = hyper::Response::new(Full::new(Bytes::from(text)));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    r
+}
+
+/// `/add` and `/rm` answer with the whole membership after the change.
+fn members_response(m: &Membership) -> HttpResponse {
+    let names = m.names();
+    json_response(
+        StatusCode::OK,
+        &json!({"message": {"N": names.len(), "replicas": names}, "status": "successful"}),
+    )
+}
+
+async fn add(router: &Router, body: &[u8]) -> Result<HttpResponse, ErrorBody> {
+    let (n, hostnames) = n_and_hostnames(body)?;
+    // The contract's length error comes first; the manager reports it.
+    if hostnames.len() as u64 <= n {
+        if let Some(cap) = ring_capacity(&router.cfg.hash) {
+            let now = router.table().membership.members.len();
+            if (now as u64).saturating_add(n) > cap as u64 {
+                return Err(ErrorBody::bad_request(format!(
+                    "Cannot add {n} replicas; the {} ring holds at most {cap} servers and {now} \
+                     exist",
+                    router.cfg.hash
+                )));
+            }
+        }
+    }
+    let m = router.admin(ControlRequest::Add { n, hostnames }).await?;
+    Ok(members_response(&m))
+}
+
+async fn rm(router: &Router, body: &[u8]) -> Result<HttpResponse, ErrorBody> {
+    let (n, hostnames) = n_and_hostnames(body)?;
+    let m = router.admin(ControlRequest::Remove { n, hostnames }).await?;
+    Ok(members_response(&m))
+}
+
+async fn forward(
+    router: &Router,
+    parts: &hyper::http::request::Parts,
+    path: &str,
+    body: Bytes,
+    peer: SocketAddr,
+) -> Result<HttpResponse, ErrorBody> {
+    let header =
+        router.cfg.key.header_name().and_then(|h| parts.headers.get(h)).map(|v| v.as_bytes());
+    let facts = RequestFacts { header, client: peer.ip(), path };
+    let key = router.cfg.key.key(facts, &mut rand::thread_rng());
+    let out = Outgoing::new(parts.method.clone(), &parts.uri, &parts.headers, body);
+    let reply = router.forward(&out, key).await?;
+    if reply.status == StatusCode::NOT_FOUND && is_unknown_endpoint(&reply.body) {
+        return Err(ErrorBody::bad_request(format!(
+            "'{path}' endpoint does not exist in server replicas"
+        )));
+    }
+    let mut r = hyper::Response::new(Full::new(reply.body));
+    *r.status_mut() = reply.status;
+    *r.headers_mut() = reply.headers;
+    Ok(r)
+}
+
+/// Whether a replica's 404 says the path is not one of its endpoints (rather than, say, a
+/// row that does not exist).
+fn is_unknown_endpoint(body: &[u8]) -> bool {
+    serde_json::from_slice::<Json>(body)
+        .ok()
+        .and_then(|j| j.get("message").and_then(Json::as_str).map(str::to_string))
+        .is_some_and(|m| m.contains("endpoint does not exist"))
+}
+
+/// `n` (required, a non-negative integer) and `hostnames` (optional, strings) of `/add` and
+/// `/rm`.
+fn n_and_hostnames(body: &[u8]) -> Result<(u64, Vec<String>), ErrorBody> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(ErrorBody::bad_request("request body must be a JSON object"));
+    }
+    let v: Json = serde_json::from_slice(body)
+        .map_err(|e| ErrorBody::bad_request(format!("request body is not valid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(ErrorBody::bad_request("request body must be a JSON object"));
+    }
+    let n = match v.get("n") {
+        None | Some(Json::Null) => return Err(ErrorBody::bad_request("missing field 'n'")),
+        Some(n) => n
+            .as_u64()
+            .ok_or_else(|| ErrorBody::bad_request("field 'n' must be a non-negative integer"))?,
+    };
+    let wrong = || ErrorBody::bad_request("field 'hostnames' must be an array of strings");
+    let hostnames = match v.get("hostnames") {
+        None | Some(Json::Null) => Vec::new(),
+        Some(Json::Array(a)) => a
+            .iter()
+            .map(|h| h.as_str().map(str::to_string).ok_or_else(wrong))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(wrong()),
+    };
+    Ok((n, hostnames))
+}
+
+fn error_response(e: &ErrorBody) -> HttpResponse {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(status, &json!({"message": e.message, "status": "failure"}))
+}
+
+fn json_response(status: StatusCode, body: &Json) -> HttpResponse {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut r = hyper::Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn n_and_hostnames_are_parsed_and_checked() {
+        assert_eq!(
+            n_and_hostnames(br#"{"n": 4, "hostnames": ["S5", "S4"]}"#).unwrap(),
+            (4, vec!["S5".to_string(), "S4".to_string()])
+        );
+        assert_eq!(n_and_hostnames(br#"{"n": 2, "extra": 1}"#).unwrap(), (2, vec![]));
+        assert_eq!(n_and_hostnames(br#"{"n": 0, "hostnames": null}"#).unwrap(), (0, vec![]));
+        let msg = |b: &[u8]| n_and_hostnames(b).unwrap_err().message;
+        assert_eq!(msg(br#"{"hostnames": []}"#), "<Error> missing field 'n'");
+        assert_eq!(msg(br#"{"n": -1}"#), "<Error> field 'n' must be a non-negative integer");
+        assert_eq!(msg(br#"{"n": "2"}"#), "<Error> field 'n' must be a non-negative integer");
+        assert_eq!(
+            msg(br#"{"n": 1, "hostnames": "S1"}"#),
+            "<Error> field 'hostnames' must be an array of strings"
+        );
+        assert_eq!(
+            msg(br#"{"n": 1, "hostnames": [1]}"#),
+            "<Error> field 'hostnames' must be an array of strings"
+        );
+        assert_eq!(msg(b""), "<Error> request body must be a JSON object");
+        assert_eq!(msg(b"[1]"), "<Error> request body must be a JSON object");
+        assert!(msg(b"{").starts_with("<Error> request body is not valid JSON"));
+    }
+
+    #[test]
+    fn only_the_nodes_unknown_path_answer_is_an_unknown_endpoint() {
+        assert!(is_unknown_endpoint(
+            br#"{"message": "<Error> '/other' endpoint does not exist in server", "status": "failure"}"#
+        ));
+        assert!(!is_unknown_endpoint(
+            br#"{"message": "<Error> no row with Stud_id 5", "status": "failure"}"#
+        ));
+        assert!(!is_unknown_endpoint(b"not json"));
+    }
+}

@@ -1,0 +1,180 @@
+//! The router's counters and their Prometheus text exposition (`GET /metrics`).
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::RouteTable;
+use crate::ring::RingKind;
+
+/// Upper bounds of the request latency histogram, in seconds.
+const LATENCY_BUCKETS_S: [f64; 12] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+/// Distinct paths counted by name; the rest are counted as `other` (paths come from
+/// clients, so their number must be bounded).
+const MAX_PATH_LABELS: usize = 64;
+
+/// Counters since the router started.
+#[derive(Default)]
+pub(crate) struct Metrics {
+    requests: Mutex<HashMap<(String, u16), u64>>,
+    forwarded: Mutex<HashMap<String, u64>>,
+    forward_failures: Mutex<HashMap<String, u64>>,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
+    latency_sum_us: AtomicU64,
+    latency_count: AtomicU64,
+}
+
+fn bump(map: &Mutex<HashMap<String, u64>>, key: &str) {
+    let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+    match m.get_mut(key) {
+        Some(v) => *v += 1,
+        None => {
+            m.insert(key.to_string(), 1);
+        }
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl Metrics {
+    /// One HTTP request answered.
+    pub fn observe(&self, path: &str, status: u16, took: Duration) {
+        {
+            let mut m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+            let known = m.contains_key(&(path.to_string(), status));
+            let path = if known || m.len() < MAX_PATH_LABELS { path } else { "other" };
+            *m.entry((path.to_string(), status)).or_insert(0) += 1;
+        }
+        let s = took.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS_S.iter().position(|&b| s <= b) {
+            self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency_sum_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request forwarded to `replica` and answered by it.
+    pub fn forwarded(&self, replica: &str) {
+        bump(&self.forwarded, replica);
+    }
+
+    /// A forwarding attempt to `replica` that failed.
+    pub fn forward_failed(&self, replica: &str) {
+        bump(&self.forward_failures, replica);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, table: &RouteTable, kind: &RingKind) -> String {
+        let mut out = String::new();
+        let w = &mut out;
+        let _ = writeln!(
+            w,
+            "# HELP shardgate_http_requests_total HTTP requests answered, by path and status."
+        );
+        let _ = writeln!(w, "# TYPE shardgate_http_requests_total counter");
+        let mut reqs: Vec<((String, u16), u64)> = self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        reqs.sort();
+        for ((path, status), n) in reqs {
+            let _ = writeln!(
+                w,
+                "shardgate_http_requests_total{{path=\"{}\",status=\"{status}\"}} {n}",
+                label(&path)
+            );
+        }
+        for (name, help, map) in [
+            (
+                "shardgate_forwarded_total",
+                "Requests forwarded to a replica and answered by it.",
+                &self.forwarded,
+            ),
+            (
+                "shardgate_forward_failures_total",
+                "Forwarding attempts to a replica that failed (the request went on to the next candidate or failed).",
+                &self.forward_failures,
+            ),
+        ] {
+            let _ = writeln!(w, "# HELP {name} {help}");
+            let _ = writeln!(w, "# TYPE {name} counter");
+            let mut v: Vec<(String, u64)> = map
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            v.sort();
+            for (replica, n) in v {
+                let _ = writeln!(w, "{name}{{replica=\"{}\"}} {n}", label(&replica));
+            }
+        }
+        let _ = writeln!(
+            w,
+            "# HELP shardgate_request_duration_seconds Time to answer an HTTP request."
+        );
+        let _ = writeln!(w, "# TYPE shardgate_request_duration_seconds histogram");
+        let mut cumulative = 0;
+        for (i, b) in LATENCY_BUCKETS_S.iter().enumerate() {
+            cumulative += self.latency_buckets[i].load(Ordering::Relaxed);
+            let _ =
+                writeln!(w, "shardgate_request_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.latency_count.load(Ordering::Relaxed);
+        let _ = writeln!(w, "shardgate_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(w, "shardgate_request_duration_seconds_sum {sum}");
+        let _ = writeln!(w, "shardgate_request_duration_seconds_count {count}");
+
+        let m = &table.membership;
+        let live = m.members.iter().filter(|x| x.alive).count();
+        let _ = writeln!(w, "# HELP shardgate_replicas Replicas in the membership.");
+        let _ = writeln!(w, "# TYPE shardgate_replicas gauge");
+        let _ = writeln!(w, "shardgate_replicas {}", m.members.len());
+        let _ = writeln!(w, "# HELP shardgate_replicas_alive Replicas answering heartbeats.");
+        let _ = writeln!(w, "# TYPE shardgate_replicas_alive gauge");
+        let _ = writeln!(w, "shardgate_replicas_alive {live}");
+        let _ = writeln!(w, "# HELP shardgate_replica_up Whether a replica answers heartbeats.");
+        let _ = writeln!(w, "# TYPE shardgate_replica_up gauge");
+        for x in &m.members {
+            let _ = writeln!(
+                w,
+                "shardgate_replica_up{{replica=\"{}\",id=\"{}\"}} {}",
+                label(&x.name),
+                x.id,
+                u8::from(x.alive)
+            );
+        }
+        let _ = writeln!(w, "# HELP shardgate_replica_restarts_total Replacements of a replica after it missed heartbeats.");
+        let _ = writeln!(w, "# TYPE shardgate_replica_restarts_total counter");
+        for x in &m.members {
+            let _ = writeln!(
+                w,
+                "shardgate_replica_restarts_total{{replica=\"{}\"}} {}",
+                label(&x.name),
+                x.restarts
+            );
+        }
+        let _ = writeln!(w, "# HELP shardgate_membership_version Membership version routed by.");
+        let _ = writeln!(w, "# TYPE shardgate_membership_version gauge");
+        let _ = writeln!(w, "shardgate_membership_version {}", m.version);
+        let _ = writeln!(w, "# HELP shardgate_ring_info The request ring in use.");
+        let _ = writeln!(w, "# TYPE shardgate_ring_info gauge");
+        let _ = writeln!(
+            w,
+            "shardgate_ring_info{{kind=\"{}\",family=\"{}\"}} 1",
+            label(&kind.to_string()),
+            kind.name()
+        );
+        out
+    }
+}

@@ -1,0 +1,92 @@
+//! The spawner: the only code that knows how a node is started and stopped.
+//!
+//! - `process` (default): `shardgate node` children on loopback ports the OS picks, data under
+//!   `<data-dir>/nodes/<name>`; they die with the manager (killed on stop, on drop, and by
+//!   the kernel if the manager itself dies).
+//! - `docker`: containers from a `FROM scratch` image; not built yet.
+
+mod process;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use futures::future::BoxFuture;
+
+pub use process::{ProcessConfig, ProcessSpawner, NODE_START_TIMEOUT, STOP_GRACE};
+
+/// Where a freshly started node listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spawned {
+    /// Its binary protocol listener.
+    pub addr: SocketAddr,
+    /// Its HTTP shim.
+    pub http: SocketAddr,
+}
+
+/// Why a node could not be started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot start node '{name}'; {detail}")]
+pub struct SpawnError {
+    /// The node's name.
+    pub name: String,
+    /// What went wrong.
+    pub detail: String,
+}
+
+/// Starts and stops nodes by name. A name has at most one running node: spawning a name that
+/// runs replaces it.
+pub trait Spawner: Send + Sync + fmt::Debug {
+    /// Starts node `name` (its data directory kept from an earlier life, if any) and
+    /// returns once it listens.
+    fn spawn<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Spawned, SpawnError>>;
+
+    /// Kills node `name` at once (SIGKILL) and waits until it is gone; no-op if it is not
+    /// running. For a node that stopped answering.
+    fn kill<'a>(&'a self, name: &'a str) -> BoxFuture<'a, ()>;
+
+    /// Stops node `name` for good: asks it to stop, kills it after a grace period, and
+    /// deletes its data. For `/rm`.
+    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, ()>;
+
+    /// Stops every node (gracefully, then killed after the grace period), keeping their data.
+    fn stop_all(&self) -> BoxFuture<'_, ()>;
+
+    /// The OS process id of node `name`, when it is a local process.
+    fn pid(&self, name: &str) -> Option<u32>;
+}
+
+/// Which spawner `--spawner` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SpawnerKind {
+    /// Child processes on loopback.
+    #[default]
+    Process,
+    /// Docker containers (not built yet).
+    Docker,
+}
+
+impl FromStr for SpawnerKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "process" => Ok(SpawnerKind::Process),
+            "docker" => Ok(SpawnerKind::Docker),
+            _ => Err(format!("unknown spawner {s:?}; expected process or docker")),
+        }
+    }
+}
+
+impl fmt::Display for SpawnerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SpawnerKind::Process => "process",
+            SpawnerKind::Docker => "docker",
+        })
+    }
+}
+
+/// The message `--spawner docker` fails with until the docker spawner exists.
+pub const DOCKER_NOT_BUILT: &str =
+    "the docker spawner is not built yet; use --spawner process (the default)";

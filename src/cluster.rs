@@ -1,0 +1,272 @@
+//! `shardgate up`, `shardgate manager` and `shardgate lb`: the shard manager and the router,
+//! together in one process (still talking over the control protocol) or apart.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lb::key::{KeySource, KEY_HELP};
+use lb::manager::{Manager, ManagerConfig};
+use lb::ring::{RingKind, HASH_HELP};
+use lb::router::{Router, RouterConfig};
+use lb::spawner::{ProcessConfig, ProcessSpawner, Spawner, SpawnerKind, DOCKER_NOT_BUILT};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// How long a router waits for the manager's first membership before `up` gives up.
+const FIRST_MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Flags of the shard manager (in `up` and `manager`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ManagerArgs {
+    /// Address of the manager's control listener (routers connect here).
+    #[arg(long, default_value = "127.0.0.1:5001")]
+    pub listen: SocketAddr,
+    /// Data directory; replica NAME keeps its data in DATA_DIR/nodes/NAME.
+    #[arg(long, default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Replicas to start with, named Server1..ServerN.
+    #[arg(long, default_value_t = 3)]
+    pub servers: usize,
+    /// How replicas are started: process (child processes on loopback) or docker.
+    #[arg(long, default_value = "process")]
+    pub spawner: SpawnerKind,
+    /// Interval between heartbeats to each replica, in milliseconds.
+    #[arg(long, default_value_t = 150)]
+    pub heartbeat_ms: u64,
+    /// A replica with no answered heartbeat for this long (ms) is replaced.
+    #[arg(long, default_value_t = 500)]
+    pub dead_after_ms: u64,
+    /// Most replicas at once.
+    #[arg(long, default_value_t = lb::manager::MAX_REPLICAS)]
+    pub max_replicas: usize,
+    /// Address the replicas listen on (each on a port the OS picks).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub node_host: IpAddr,
+}
+
+/// Flags of the router (in `up` and `lb`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct RouterArgs {
+    /// Address of the balancer's HTTP endpoint.
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    pub http: SocketAddr,
+    /// Request -> replica mapping (see --help).
+    #[arg(long, default_value = "assignment", long_help = HASH_HELP)]
+    pub hash: RingKind,
+    /// Source of a request's ring key (see --help).
+    #[arg(long, default_value = "random", long_help = KEY_HELP)]
+    pub key: KeySource,
+    /// Replicas a request is tried on before the balancer answers 503.
+    #[arg(long, default_value_t = lb::router::FORWARD_ATTEMPTS)]
+    pub attempts: usize,
+    /// Limit on one forwarding attempt, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub forward_timeout_ms: u64,
+}
+
+/// `shardgate up`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub manager: ManagerArgs,
+    #[command(flatten)]
+    pub router: RouterArgs,
+}
+
+/// `shardgate lb`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LbArgs {
+    /// The shard manager's control address (its --listen).
+    #[arg(long)]
+    pub manager: String,
+    #[command(flatten)]
+    pub router: RouterArgs,
+}
+
+fn spawner(args: &ManagerArgs) -> Result<Arc<dyn Spawner>, String> {
+    match args.spawner {
+        SpawnerKind::Docker => Err(DOCKER_NOT_BUILT.to_string()),
+        SpawnerKind::Process => {
+            let exe = std::env::current_exe()
+                .map_err(|e| format!("cannot find the shardgate executable: {e}"))?;
+            Ok(Arc::new(ProcessSpawner::new(ProcessConfig {
+                exe,
+                data_dir: args.data_dir.clone(),
+                host: args.node_host,
+            })))
+        }
+    }
+}
+
+fn manager_config(args: &ManagerArgs) -> Result<ManagerConfig, String> {
+    if args.heartbeat_ms == 0 || args.dead_after_ms == 0 {
+        return Err("--heartbeat-ms and --dead-after-ms must be positive".into());
+    }
+    if args.servers > args.max_replicas {
+        return Err(format!(
+            "--servers {} is more than --max-replicas {}",
+            args.servers, args.max_replicas
+        ));
+    }
+    Ok(ManagerConfig {
+        servers: args.servers,
+        heartbeat: Duration::from_millis(args.heartbeat_ms),
+        dead_after: Duration::from_millis(args.dead_after_ms),
+        max_replicas: args.max_replicas,
+    })
+}
+
+fn router_config(manager: String, args: &RouterArgs) -> Result<RouterConfig, String> {
+    if args.attempts == 0 {
+        return Err("--attempts must be at least 1".into());
+    }
+    let mut cfg = RouterConfig::new(manager);
+    cfg.hash = args.hash;
+    cfg.key = args.key.clone();
+    cfg.attempts = args.attempts;
+    cfg.forward_timeout = Duration::from_millis(args.forward_timeout_ms.max(1));
+    Ok(cfg)
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
+    TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for {what} on {addr}: {e}"))
+}
+
+fn local(l: &TcpListener) -> String {
+    l.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into())
+}
+
+/// A running manager with its control listener.
+struct RunningManager {
+    manager: Arc<Manager>,
+    cancel: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl RunningManager {
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.manager.shutdown().await;
+        let _ = self.server.await;
+    }
+}
+
+/// Starts the manager's replicas (unless `shutdown` comes first) and its control listener.
+async fn start_manager(
+    args: &ManagerArgs,
+    listener: TcpListener,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Result<Option<RunningManager>, String> {
+    let cfg = manager_config(args)?;
+    let spawner = spawner(args)?;
+    let manager = tokio::select! {
+        m = Manager::start(cfg, spawner.clone()) => m.map_err(|e| e.message)?,
+        _ = shutdown => {
+            spawner.stop_all().await;
+            return Ok(None);
+        }
+    };
+    let cancel = CancellationToken::new();
+    let server = tokio::spawn(lb::manager::serve(listener, manager.clone(), cancel.clone()));
+    Ok(Some(RunningManager { manager, cancel, server }))
+}
+
+/// Runs the router on `http` until `shutdown`, once it has its first membership.
+async fn run_router(
+    cfg: RouterConfig,
+    http: TcpListener,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+    banner: impl FnOnce(&Router) -> String,
+) -> Result<(), String> {
+    let router = Router::start(cfg).map_err(|e| e.to_string())?;
+    let ready = tokio::select! {
+        r = router.wait_ready(FIRST_MEMBERSHIP_TIMEOUT) => r,
+        _ = &mut *shutdown => { router.stop(); return Ok(()); }
+    };
+    if !ready {
+        router.stop();
+        return Err(format!(
+            "no membership from the shard manager at {} within {FIRST_MEMBERSHIP_TIMEOUT:?}",
+            router.config().manager
+        ));
+    }
+    // One machine-readable line on stdout, for scripts and tests that use port 0.
+    let _ = writeln!(std::io::stdout(), "{}", banner(&router));
+    lb::router::serve(http, router.clone(), shutdown).await;
+    router.stop();
+    Ok(())
+}
+
+/// `shardgate up`: manager and router in one process, replicas as children; stops
+/// everything, children included, when `shutdown` completes.
+pub async fn up(args: UpArgs, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    tokio::pin!(shutdown);
+    if let Some(cap) = lb::router::ring_capacity(&args.router.hash) {
+        if args.manager.servers > cap {
+            return Err(format!(
+                "--servers {} does not fit the {} ring: it holds at most {cap} servers",
+                args.manager.servers, args.router.hash
+            ));
+        }
+    }
+    let router_args = args.router.clone();
+    // Bind both first: a port in use fails before any replica starts.
+    let control = bind(args.manager.listen, "the shard manager").await?;
+    let http = bind(router_args.http, "HTTP").await?;
+    let control_addr = local(&control);
+    let Some(running) = start_manager(&args.manager, control, &mut shutdown).await? else {
+        return Ok(());
+    };
+    let cfg = router_config(control_addr.clone(), &router_args);
+    let http_addr = local(&http);
+    let result = match cfg {
+        Ok(cfg) => {
+            run_router(cfg, http, &mut shutdown, |r| {
+                format!(
+                    "shardgate up listening http={http_addr} manager={control_addr} servers={}",
+                    r.membership().members.len()
+                )
+            })
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    tracing::info!("stopping: router stopped, stopping the shard manager and every replica");
+    running.stop().await;
+    result
+}
+
+/// `shardgate manager`: the shard manager alone.
+pub async fn manager(args: ManagerArgs, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    tokio::pin!(shutdown);
+    let control = bind(args.listen, "the shard manager").await?;
+    let addr = local(&control);
+    let Some(running) = start_manager(&args, control, &mut shutdown).await? else {
+        return Ok(());
+    };
+    let _ = writeln!(
+        std::io::stdout(),
+        "shardgate manager listening control={addr} servers={}",
+        running.manager.membership().members.len()
+    );
+    shutdown.await;
+    running.stop().await;
+    Ok(())
+}
+
+/// `shardgate lb`: a router alone, against a running manager.
+pub async fn lb(args: LbArgs, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    tokio::pin!(shutdown);
+    let http = bind(args.router.http, "HTTP").await?;
+    let http_addr = local(&http);
+    let cfg = router_config(args.manager.clone(), &args.router)?;
+    let manager = args.manager.clone();
+    run_router(cfg, http, &mut shutdown, |_| {
+        format!("shardgate lb listening http={http_addr} manager={manager}")
+    })
+    .await
+}
