@@ -97,13 +97,78 @@ pub enum ControlRequest {
         /// Names of some of them (at most `n`).
         hostnames: Vec<String>,
     },
+    /// A database admin endpoint forwarded by a router: the request's JSON body as text
+    /// (JSON values do not go through the binary encoding). Answered with
+    /// [`ControlResponse::Json`], which the router returns to its client as is.
+    DbAdmin {
+        /// Which endpoint.
+        op: DbOp,
+        /// The HTTP request body (JSON text; may be empty).
+        body: String,
+    },
+    /// The database metadata, answered once its version is above `version` or after
+    /// `wait_ms` (a long poll): [`ControlResponse::Catalog`].
+    WatchCatalog {
+        /// The version the router has.
+        version: u64,
+        /// How long the manager may hold the answer.
+        wait_ms: u64,
+    },
+}
+
+/// The database admin endpoints the manager serves through routers.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DbOp {
+    /// `POST /init`.
+    Init,
+    /// `GET /status`.
+    Status,
+    /// `POST /add` with `servers` as an object (the database form).
+    Add,
+    /// `DELETE /rm` with `servers` (the database form).
+    Remove,
+    /// `GET /primary_elect`.
+    PrimaryElect,
+}
+
+/// What a router needs to route data: the catalog and where each server is.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct CatalogView {
+    /// Bumped on every change the manager makes (catalog, addresses, liveness).
+    pub version: u64,
+    /// Schema, ShardT, MapT, primaries, epochs.
+    pub catalog: crate::catalog::Catalog,
+    /// Every server of the catalog with its addresses.
+    pub servers: Vec<ServerView>,
+}
+
+/// One server as routers see it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ServerView {
+    /// Its name.
+    pub name: String,
+    /// Its binary protocol address.
+    pub addr: String,
+    /// Its HTTP address.
+    pub http: String,
+    /// Whether it answers heartbeats.
+    pub alive: bool,
 }
 
 /// The manager's answer.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum ControlResponse {
     /// The membership (after the operation, for `Add` and `Remove`).
     Members(Membership),
+    /// Answer to [`ControlRequest::DbAdmin`]: HTTP status and JSON body, returned as is.
+    Json {
+        /// HTTP status code.
+        status: u16,
+        /// JSON text.
+        body: String,
+    },
+    /// Answer to [`ControlRequest::WatchCatalog`].
+    Catalog(CatalogView),
 }
 
 /// A request and its id.

@@ -107,6 +107,9 @@ async fn handle(m: &Arc<Manager>, req: ControlRequest) -> Result<ControlResponse
         }
         ControlRequest::Add { n, hostnames } => m.add(n, &hostnames).await?,
         ControlRequest::Remove { n, hostnames } => m.remove(n, &hostnames).await?,
+        ControlRequest::DbAdmin { .. } | ControlRequest::WatchCatalog { .. } => {
+            return Err(ErrorBody::bad_request("the database endpoints are not served yet"))
+        }
     };
     Ok(ControlResponse::Members((*members).clone()))
 }

@@ -202,9 +202,15 @@ impl Router {
     /// `/add` or `/rm` at the manager; the answer's membership is applied at once, so the
     /// next request already routes by it.
     pub(crate) async fn admin(&self, req: ControlRequest) -> Result<Membership, ErrorBody> {
-        let ControlResponse::Members(m) = self.admin.call(req, self.cfg.admin_timeout).await?;
-        self.apply(m.clone());
-        Ok(m)
+        match self.admin.call(req, self.cfg.admin_timeout).await? {
+            ControlResponse::Members(m) => {
+                self.apply(m.clone());
+                Ok(m)
+            }
+            other => Err(ErrorBody::internal(format!(
+                "the shard manager answered a membership change with {other:?}"
+            ))),
+        }
     }
 
     /// Forwards `out` to the replica the ring picks for `key`, then to the next candidates

@@ -47,6 +47,9 @@ pub(super) async fn run(router: Arc<Router>, cancel: CancellationToken) {
                 backoff = BACKOFF_MIN;
                 router.apply(m);
             }
+            Ok(other) => {
+                tracing::warn!(answer = ?other, "the shard manager answered a watch with something else");
+            }
             Err(e) => {
                 if !failing {
                     tracing::warn!(
