@@ -284,6 +284,8 @@ async fn phases(
 enum Op {
     Binary(Request),
     Http(&'static str, &'static str, serde_json::Value),
+    /// A GET without a body.
+    Get(&'static str),
 }
 
 struct PhaseResult {
@@ -363,6 +365,21 @@ where
                             return Err(format!("http {path} answered {status}: {reply}"));
                         }
                     }
+                    Op::Get(path) => {
+                        if http_conn.is_none() {
+                            http_conn = Some(
+                                client::HttpClient::connect(http)
+                                    .await
+                                    .map_err(|e| e.to_string())?,
+                            );
+                        }
+                        let conn = http_conn.as_mut().ok_or("no connection")?;
+                        let reply =
+                            conn.request("GET", path, &[]).await.map_err(|e| e.to_string())?;
+                        if reply.status != 200 {
+                            return Err(format!("GET {path} answered {}", reply.status));
+                        }
+                    }
                 }
                 lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
                 i += 1;
@@ -383,4 +400,95 @@ where
         latencies_us: all,
         per_client,
     })
+}
+
+/// `shardgate bench lb`: GET /home through the router against the same load sent straight
+/// to one node, from keep-alive HTTP clients.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LbBench {
+    /// Concurrent clients (each with its own keep-alive connection).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Seconds each phase runs.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Replicas behind the router.
+    #[arg(long, default_value_t = 3)]
+    servers: usize,
+    /// The router's hash family (see `shardgate up --help`).
+    #[arg(long, default_value = "assignment")]
+    hash: String,
+}
+
+/// Runs both phases and prints the table with the router's cost as a ratio.
+pub async fn run_lb(b: LbBench) -> Result<(), String> {
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (mut node, _, node_http) = spawn_node(&tmp.path().join("direct"), "Direct").await?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut up = tokio::process::Command::new(exe)
+        .args(["up", "--http", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--hash", &b.hash])
+        .args(["--servers", &b.servers.to_string()])
+        .arg("--data-dir")
+        .arg(tmp.path().join("up"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start up: {e}"))?;
+    let result = async {
+        let stdout = up.stdout.take().ok_or("no stdout")?;
+        let mut line = String::new();
+        tokio::io::BufReader::new(stdout).read_line(&mut line).await.map_err(|e| e.to_string())?;
+        let router: SocketAddr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http="))
+            .ok_or_else(|| format!("up did not report its address: {line:?}"))?
+            .parse()
+            .map_err(|e| format!("bad address in {line:?}: {e}"))?;
+        // Wait (bounded) until every replica is up.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut c = client::HttpClient::connect(router).await.map_err(|e| e.to_string())?;
+        loop {
+            let (_, rep) = c.json("GET", "/rep", None).await.map_err(|e| e.to_string())?;
+            if rep["message"]["N"].as_u64() == Some(b.servers as u64) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("the replicas did not come up".to_string());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let dur = Duration::from_secs_f64(b.seconds);
+        let direct =
+            run_phase(b.clients, dur, |_, _| Op::Get("/home"), node_http, node_http).await?;
+        let routed = run_phase(b.clients, dur, |_, _| Op::Get("/home"), router, router).await?;
+        let rate = |r: &PhaseResult| r.ops as f64 / r.elapsed.as_secs_f64();
+        Ok::<_, String>(vec![
+            direct.line("GET /home straight to one node", b.clients),
+            routed.line(
+                &format!("GET /home through the router ({} replicas, {})", b.servers, b.hash),
+                b.clients,
+            ),
+            format!(
+                "\nrouter / direct throughput: {:.2}x (the router costs {:.0}%)",
+                rate(&routed) / rate(&direct),
+                100.0 * (1.0 - rate(&routed) / rate(&direct))
+            ),
+        ])
+    }
+    .await;
+    if let Some(pid) = up.id() {
+        // SIGTERM lets up stop its replicas itself.
+        let _ =
+            tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), up.wait()).await;
+    }
+    let _ = node.kill().await;
+    let lines = result?;
+    println!("| phase | clients | ops/s | p50 | p99 |");
+    println!("|---|---:|---:|---:|---:|");
+    for l in lines {
+        println!("{l}");
+    }
+    Ok(())
 }

@@ -62,6 +62,8 @@ enum Command {
 enum BenchWhat {
     /// Single-row durable writes and range reads against one node, binary and HTTP.
     Node(bench::NodeBench),
+    /// GET /home through the router against the same load straight to one node.
+    Lb(bench::LbBench),
 }
 
 fn main() -> ExitCode {
@@ -98,6 +100,7 @@ fn main() -> ExitCode {
             Command::Lb(args) => cluster::lb(args, shutdown_signal()).await,
             Command::Analyze { what } => analyze::run(what).await,
             Command::Bench { what: BenchWhat::Node(b) } => bench::run(b).await,
+            Command::Bench { what: BenchWhat::Lb(b) } => bench::run_lb(b).await,
         }
     });
     match result {
