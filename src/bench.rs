@@ -167,14 +167,7 @@ async fn replicated(b: &NodeBench) -> Result<String, String> {
         let r = run_phase(
             b.clients,
             Duration::from_secs_f64(b.seconds),
-            |c, i| {
-                let key = c as i64 * KEYS_PER_CLIENT + i as i64;
-                Op::Binary(Request::Write(WriteReq {
-                    shard: SHARD.into(),
-                    curr_idx: None,
-                    rows: vec![row(key)],
-                }))
-            },
+            single_row_write,
             primary,
             primary,
         )
@@ -188,6 +181,16 @@ async fn replicated(b: &NodeBench) -> Result<String, String> {
         let _ = c.kill().await;
     }
     result
+}
+
+/// Client `c`'s `i`-th durable single-row write (keys of one client never collide).
+fn single_row_write(c: usize, i: u64) -> Op {
+    let key = c as i64 * KEYS_PER_CLIENT + i as i64;
+    Op::Binary(Request::Write(WriteReq {
+        shard: SHARD.into(),
+        curr_idx: None,
+        rows: vec![row(key)],
+    }))
 }
 
 fn bench_schema() -> Schema {
@@ -214,21 +217,7 @@ async fn phases(
     let dur = Duration::from_secs_f64(b.seconds);
     let mut out = Vec::new();
 
-    let written = run_phase(
-        b.clients,
-        dur,
-        |c, i| {
-            let key = c as i64 * KEYS_PER_CLIENT + i as i64;
-            Op::Binary(Request::Write(WriteReq {
-                shard: SHARD.into(),
-                curr_idx: None,
-                rows: vec![row(key)],
-            }))
-        },
-        binary,
-        http,
-    )
-    .await?;
+    let written = run_phase(b.clients, dur, single_row_write, binary, http).await?;
     out.push(written.line("binary write, 1 row, durable", b.clients));
 
     let http_written = run_phase(b.clients, dur, |c, i| {
