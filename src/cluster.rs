@@ -163,8 +163,10 @@ async fn start_manager(
 ) -> Result<Option<RunningManager>, String> {
     let cfg = manager_config(args)?;
     let spawner = spawner(args)?;
+    // The catalog and membership persist in the manager's own log under the data dir.
+    let log_dir = lb::manager::log_dir(&args.data_dir);
     let manager = tokio::select! {
-        m = Manager::start(cfg, spawner.clone()) => m.map_err(|e| e.message)?,
+        m = Manager::start_with_log(cfg, spawner.clone(), Some(&log_dir)) => m.map_err(|e| e.message)?,
         _ = shutdown => {
             spawner.stop_all().await;
             return Ok(None);

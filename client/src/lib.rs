@@ -20,10 +20,13 @@
 //! - `pool`: [`Pool`], one connection per address, reconnecting when one has closed.
 //! - `error`: [`Error`] (opening a connection) and [`CallError`] (one call).
 //! - `http`: [`HttpClient`], a minimal keep-alive HTTP/1.1 JSON client for the HTTP shims.
+//! - `db`: [`Db`], the async client of the database behind a router (its HTTP endpoints,
+//!   over a small pool of keep-alive connections), with typed errors ([`DbError`]).
 
 #![warn(missing_docs)]
 
 mod connection;
+mod db;
 mod error;
 mod http;
 mod pending;
@@ -34,6 +37,7 @@ mod writer;
 pub use connection::{
     ConnectOptions, Connection, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, WRITE_QUEUE_LEN,
 };
+pub use db::{Db, DbError, DbOptions, DbResult, DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT};
 pub use error::{CallError, Error, Result};
 pub use http::{HttpClient, HttpReply};
 pub use pool::Pool;

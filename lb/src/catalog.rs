@@ -76,6 +76,16 @@ pub enum CatalogEvent {
         /// The epoch.
         epoch: Epoch,
     },
+    /// A shard's voter set from `epoch` on (one replica added or dropped), persisted before
+    /// the primary uses it.
+    Voters {
+        /// The shard.
+        shard: ShardId,
+        /// The epoch of the change.
+        epoch: Epoch,
+        /// The voters, in server order.
+        voters: Vec<String>,
+    },
 }
 
 /// The metadata the manager owns.
@@ -91,6 +101,9 @@ pub struct Catalog {
     pub primary: BTreeMap<ShardId, String>,
     /// Each shard's highest epoch handed out.
     pub epoch: BTreeMap<ShardId, Epoch>,
+    /// Each shard's voters (see the module notes): set to the shard's replicas when the shard
+    /// is created, then changed only by [`CatalogEvent::Voters`].
+    pub voters: BTreeMap<ShardId, Vec<String>>,
 }
 
 /// A refused request: the contract's message (starting with `"<Error> "`).
@@ -119,11 +132,18 @@ impl Catalog {
                 self.shards = shards.clone();
                 self.shards.sort_by_key(|s| s.low);
                 self.servers = servers.clone();
+                for s in shards {
+                    self.voters.insert(s.id.clone(), self.replicas(&s.id));
+                }
             }
             CatalogEvent::Add { shards, servers } => {
                 self.shards.extend(shards.iter().cloned());
                 self.shards.sort_by_key(|s| s.low);
                 self.servers.extend(servers.iter().cloned());
+                // New servers of existing shards start as learners: the voters stay.
+                for s in shards {
+                    self.voters.insert(s.id.clone(), self.replicas(&s.id));
+                }
             }
             CatalogEvent::Remove { servers } => {
                 self.servers.retain(|(name, _)| !servers.contains(name));
@@ -134,10 +154,23 @@ impl Catalog {
                 let e = self.epoch.entry(shard.clone()).or_default();
                 *e = (*e).max(*epoch);
             }
+            // A new epoch has no primary until one is chosen for it: the old one is being
+            // fenced, and without a majority none may be chosen at all.
             CatalogEvent::Epoch { shard, epoch } => {
-                let e = self.epoch.entry(shard.clone()).or_default();
-                *e = (*e).max(*epoch);
+                self.raise_epoch(shard, *epoch);
             }
+            CatalogEvent::Voters { shard, epoch, voters } => {
+                self.voters.insert(shard.clone(), voters.clone());
+                self.raise_epoch(shard, *epoch);
+            }
+        }
+    }
+
+    fn raise_epoch(&mut self, shard: &str, epoch: Epoch) {
+        let e = self.epoch.entry(shard.to_string()).or_default();
+        if epoch > *e {
+            *e = epoch;
+            self.primary.remove(shard);
         }
     }
 
@@ -169,6 +202,34 @@ impl Catalog {
             .filter(|(_, shards)| shards.iter().any(|s| s == shard))
             .map(|(n, _)| n.clone())
             .collect()
+    }
+
+    /// The voters of `shard` (empty for an unknown shard).
+    pub fn voters(&self, shard: &str) -> &[String] {
+        self.voters.get(shard).map_or(&[], Vec::as_slice)
+    }
+
+    /// Servers holding `shard` that are not voters yet (catching up), in server order.
+    pub fn learners(&self, shard: &str) -> Vec<String> {
+        let voters = self.voters(shard);
+        self.replicas(shard).into_iter().filter(|r| !voters.contains(r)).collect()
+    }
+
+    /// Servers holding `shard` that routers may read from: its replicas that are voters
+    /// (a learner may still miss committed rows), in server order.
+    pub fn serving_replicas(&self, shard: &str) -> Vec<String> {
+        let voters = self.voters(shard);
+        self.replicas(shard).into_iter().filter(|r| voters.contains(r)).collect()
+    }
+
+    /// The epoch of `shard` (0 before its first election).
+    pub fn epoch_of(&self, shard: &str) -> Epoch {
+        self.epoch.get(shard).copied().unwrap_or(0)
+    }
+
+    /// Whether `name` is a server of the catalog.
+    pub fn has_server(&self, name: &str) -> bool {
+        self.servers.iter().any(|(n, _)| n == name)
     }
 
     /// The shards of server `name`.
@@ -382,6 +443,17 @@ impl Catalog {
                     s.id
                 ));
             }
+            let voters_left =
+                self.serving_replicas(&s.id).iter().filter(|r| !out.contains(r)).count();
+            if left > 0 && voters_left == 0 {
+                return refuse(format!(
+                    "removing {} would leave shard {} only with replicas still catching up \
+                     ({}); try again once they have caught up",
+                    out.join(", "),
+                    s.id,
+                    self.learners(&s.id).join(", ")
+                ));
+            }
         }
         Ok(out)
     }
@@ -583,6 +655,53 @@ mod tests {
         assert_eq!(c2.servers.len(), 4);
         assert!(!c2.primary.contains_key("sh1"), "a removed primary is no primary");
         assert_eq!(c2.epoch["sh1"], 3);
+    }
+
+    #[test]
+    fn voters_follow_their_events_and_a_new_epoch_has_no_primary_yet() {
+        let mut c = initialized();
+        assert_eq!(c.voters("sh2"), ["Server0", "Server4", "Server6"]);
+        c.apply(&CatalogEvent::Epoch { shard: "sh2".into(), epoch: 1 });
+        c.apply(&CatalogEvent::Primary {
+            shard: "sh2".into(),
+            epoch: 1,
+            primary: "Server0".into(),
+        });
+        let body = json!({"n": 1, "new_shards": [{"Stud_id_low": 16384, "Shard_id": "sh5", "Shard_size": 10}],
+                          "servers": {"Server9": ["sh2", "sh5"]}});
+        let (e, _) = c.add(&body, &mut || unreachable!()).unwrap();
+        c.apply(&e);
+        // A new server of an existing shard is a learner; of a new shard, a voter.
+        assert_eq!(c.voters("sh2"), ["Server0", "Server4", "Server6"]);
+        assert_eq!(c.learners("sh2"), ["Server9"]);
+        assert_eq!(c.serving_replicas("sh2"), ["Server0", "Server4", "Server6"]);
+        assert_eq!(c.voters("sh5"), ["Server9"]);
+        assert_eq!(c.primary["sh2"], "Server0", "adding a learner keeps the primary");
+        c.apply(&CatalogEvent::Voters {
+            shard: "sh2".into(),
+            epoch: 2,
+            voters: vec!["Server0".into(), "Server4".into(), "Server6".into(), "Server9".into()],
+        });
+        assert!(c.learners("sh2").is_empty());
+        assert_eq!(c.epoch_of("sh2"), 2);
+        assert!(!c.primary.contains_key("sh2"));
+        c.apply(&CatalogEvent::Primary {
+            shard: "sh2".into(),
+            epoch: 2,
+            primary: "Server0".into(),
+        });
+        // An old epoch changes nothing.
+        c.apply(&CatalogEvent::Epoch { shard: "sh2".into(), epoch: 1 });
+        assert_eq!(c.primary["sh2"], "Server0");
+        // Only catching-up replicas would be left: refused.
+        let mut c = initialized();
+        let (e, _) = c.add(&json!({"n": 1, "servers": {"Server9": ["sh1"]}}), &mut || 1).unwrap();
+        c.apply(&e);
+        let rm = c.remove(
+            &json!({"n": 3, "servers": ["Server0", "Server3", "Server5"]}),
+            &mut |_, _| vec![],
+        );
+        assert!(rm.unwrap_err().0.contains("only with replicas still catching up (Server9)"));
     }
 
     #[test]

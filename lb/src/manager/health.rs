@@ -1,6 +1,8 @@
 //! One loop per replica: a binary `Heartbeat` every interval; a replica whose last answered
 //! heartbeat is older than the dead-after time is marked dead (routers stop sending to it),
-//! killed, and started again under the same name, id and data directory.
+//! killed, and started again under the same name, id and data directory. A replica whose
+//! port refuses connections is dead at once: no process listens there any more (it crashed),
+//! so waiting out the dead-after time would only delay the failover.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,25 +40,27 @@ pub(super) async fn watch_replica(
             _ = watch.cancelled() => return,
             _ = tokio::time::sleep(m.cfg.heartbeat) => {}
         }
-        let ok = tokio::select! {
+        let beat = tokio::select! {
             _ = watch.cancelled() => return,
-            ok = ping(&mut conn, spawned, opts) => ok,
+            b = ping(&mut conn, spawned, opts) => b,
         };
-        if ok {
-            last_ok = Instant::now();
-            continue;
-        }
         let silent = last_ok.elapsed();
-        if silent < m.cfg.dead_after {
-            continue;
-        }
+        let reason = match beat {
+            Beat::Answered => {
+                last_ok = Instant::now();
+                continue;
+            }
+            Beat::Missed if silent < m.cfg.dead_after => continue,
+            Beat::Missed => "missed heartbeats",
+            Beat::Refused => "connection refused",
+        };
         if !m.mark_dead(&name) {
             return;
         }
         tracing::warn!(
             replica = %name,
             silent_ms = silent.as_millis() as u64,
-            reason = "missed heartbeats",
+            reason,
             "replica dead; replacing it"
         );
         conn = None;
@@ -78,25 +82,44 @@ pub(super) async fn watch_replica(
     }
 }
 
-/// One heartbeat over the cached connection (opened if needed); true if answered.
-async fn ping(conn: &mut Option<Connection>, s: Spawned, opts: ConnectOptions) -> bool {
-    if conn.as_ref().is_none_or(Connection::is_closed) {
-        match Connection::connect_with(s.addr, "shardgate-manager", opts).await {
-            Ok(c) => *conn = Some(c),
-            Err(_) => return false,
-        }
-    }
-    let Some(c) = conn.as_ref() else { return false };
-    match c.call(Request::Heartbeat).await {
-        Ok(Response::Heartbeat) => true,
-        Ok(_) => false,
-        Err(e) => {
-            if !matches!(e, client::CallError::Timeout) {
-                *conn = None;
+/// What one heartbeat found.
+enum Beat {
+    /// Answered.
+    Answered,
+    /// Not answered (timeout, broken connection, odd answer).
+    Missed,
+    /// Nothing listens on the replica's port any more: its process is gone.
+    Refused,
+}
+
+/// One heartbeat over the cached connection (opened if needed). A connection that broke is
+/// reopened at once, so a crashed replica is found refusing within this heartbeat.
+async fn ping(conn: &mut Option<Connection>, s: Spawned, opts: ConnectOptions) -> Beat {
+    for _ in 0..2 {
+        if conn.as_ref().is_none_or(Connection::is_closed) {
+            match Connection::connect_with(s.addr, "shardgate-manager", opts).await {
+                Ok(c) => *conn = Some(c),
+                Err(client::Error::Connect { source, .. })
+                    if source.kind() == std::io::ErrorKind::ConnectionRefused =>
+                {
+                    return Beat::Refused
+                }
+                Err(_) => return Beat::Missed,
             }
-            false
+        }
+        let Some(c) = conn.as_ref() else { return Beat::Missed };
+        match c.call(Request::Heartbeat).await {
+            Ok(Response::Heartbeat) => return Beat::Answered,
+            Ok(_) => return Beat::Missed,
+            Err(client::CallError::Timeout) => return Beat::Missed,
+            Err(client::CallError::Disconnected) => *conn = None,
+            Err(_) => {
+                *conn = None;
+                return Beat::Missed;
+            }
         }
     }
+    Beat::Missed
 }
 
 /// Kills what is left of `name` and starts it again, retrying with backoff, under the admin

@@ -1,18 +1,35 @@
-//! The shard manager, stage-1 part: the one owner of membership.
+//! The shard manager: the one owner of membership and of the database metadata.
 //!
-//! It starts the replicas (`Server1..ServerN`), applies `/add` and `/rm` (rules in
+//! Stage 1: it starts the replicas (`Server1..ServerN`), applies `/add` and `/rm` (rules in
 //! [`crate::members`]), watches every replica with heartbeats and replaces a dead one under
 //! the same name, id and data directory (`health`), and publishes each membership version to
 //! routers over the control protocol (`server`).
 //!
-//! Admin operations and replacements run one at a time under one async lock, so a replica is
-//! never replaced while it is being removed; readers (the heartbeat loops, the watch) only
-//! take the short table lock.
+//! Stages 2 and 3 (the database):
+//! - `catalog_log`: the manager's own log; every catalog change and membership change is
+//!   durable there before anyone is told, and replayed at start;
+//! - `db`: the catalog, the versioned view routers watch, the admin endpoints (`/init`,
+//!   `/status`, `/add`, `/rm`, `/primary_elect`) with the contract's answers;
+//! - `election`: where a shard's primary is chosen (every epoch change of a shard);
+//! - `supervisor`: the loop that configures respawned nodes, runs failover elections and
+//!   carries out replica-set changes one at a time;
+//! - `nodes`: the manager's calls to nodes.
+//!
+//! Locks: admin operations of stage 1 and replacements run one at a time under the `admin`
+//! lock; database operations and supervisor rounds under the database's `ops` lock, taken
+//! before `admin` when both are needed (never the other way), so a slow respawn never
+//! delays a failover. Readers (heartbeat loops, watches) take only short table locks.
 
+mod catalog_log;
+mod db;
+mod election;
 mod health;
+mod nodes;
 mod server;
+mod supervisor;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -25,6 +42,9 @@ use crate::control::{Member, Membership};
 use crate::members;
 use crate::spawner::{Spawned, Spawner};
 
+pub use catalog_log::log_dir;
+pub use db::{ADD_CATCH_UP_WAIT, MAX_CATALOG_WAIT};
+pub use election::decide;
 pub use server::serve;
 
 /// Default interval between two heartbeats to a replica.
@@ -80,6 +100,8 @@ pub struct Manager {
     generation: u64,
     /// Serializes `/add`, `/rm`, replacements and shutdown.
     admin: tokio::sync::Mutex<()>,
+    /// The database: catalog, its log, elections.
+    db: db::Db,
     table: Mutex<Table>,
     published: watch::Sender<Arc<Membership>>,
     cancel: CancellationToken,
@@ -87,12 +109,38 @@ pub struct Manager {
 }
 
 impl Manager {
-    /// Starts `cfg.servers` replicas named `Server1..ServerN` and their heartbeat loops.
-    /// If one cannot start, stops those that did and fails.
+    /// Starts `cfg.servers` replicas named `Server1..ServerN` and their heartbeat loops,
+    /// keeping the database metadata in memory only. If one cannot start, stops those that
+    /// did and fails.
     pub async fn start(
         cfg: ManagerConfig,
         spawner: Arc<dyn Spawner>,
     ) -> Result<Arc<Manager>, ErrorBody> {
+        Manager::start_with_log(cfg, spawner, None).await
+    }
+
+    /// Like [`Manager::start`], with the manager's log in `log_dir` (normally
+    /// [`log_dir`]`(data_dir)`): the catalog and the membership are replayed from it, the
+    /// replicas it recorded are started again under their names and ids (instead of
+    /// `Server1..ServerN`, when it recorded any), and every shard gets a primary again.
+    pub async fn start_with_log(
+        cfg: ManagerConfig,
+        spawner: Arc<dyn Spawner>,
+        log_dir: Option<&Path>,
+    ) -> Result<Arc<Manager>, ErrorBody> {
+        let (log, recovered) = match log_dir {
+            Some(dir) => {
+                let (log, rec) = catalog_log::CatalogLog::open(dir).map_err(ErrorBody::internal)?;
+                tracing::info!(
+                    dir = %dir.display(),
+                    records = rec.records,
+                    initialized = rec.catalog.initialized(),
+                    "shard manager log replayed"
+                );
+                (Some(log), rec)
+            }
+            None => (None, catalog_log::Recovered::default()),
+        };
         let generation = rand::Rng::gen_range(&mut rand::thread_rng(), 1..u64::MAX);
         let (published, _) =
             watch::channel(Arc::new(Membership { generation, version: 0, members: Vec::new() }));
@@ -100,17 +148,26 @@ impl Manager {
             spawner,
             generation,
             admin: tokio::sync::Mutex::new(()),
+            db: db::Db::new(recovered.catalog, log),
             table: Mutex::new(Table { entries: Vec::new(), version: 0 }),
             published,
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             cfg,
         });
-        let names = members::initial_names(manager.cfg.servers);
+        let (names, ids) = match recovered.members {
+            Some(members) => {
+                let ids: HashMap<String, u64> = members.iter().cloned().collect();
+                (members.into_iter().map(|(n, _)| n).collect(), ids)
+            }
+            None => (members::initial_names(manager.cfg.servers), HashMap::new()),
+        };
         {
             let _admin = manager.admin.lock().await;
-            manager.start_replicas(names).await?;
+            manager.start_replicas(names, &ids).await?;
         }
+        manager.publish_view();
+        manager.tasks.spawn(supervisor::run(manager.clone()));
         Ok(manager)
     }
 
@@ -139,7 +196,7 @@ impl Manager {
             self.cfg.max_replicas,
             &mut rand::thread_rng(),
         )?;
-        self.start_replicas(names).await?;
+        self.start_replicas(names, &HashMap::new()).await?;
         Ok(self.membership())
     }
 
@@ -148,7 +205,32 @@ impl Manager {
     pub async fn remove(&self, n: u64, hostnames: &[String]) -> Result<Arc<Membership>, ErrorBody> {
         let _admin = self.admin.lock().await;
         self.refuse_when_stopping()?;
-        let names = members::plan_remove(&self.names(), n, hostnames, &mut rand::thread_rng())?;
+        // Database servers leave only through the database's /rm, which hands their shards
+        // over first.
+        let cat = self.catalog();
+        if let Some(h) = hostnames.iter().find(|h| cat.has_server(h)) {
+            return Err(ErrorBody::bad_request(format!(
+                "Hostname '{h}' holds database shards; remove it with the database form of /rm \
+                 ({{\"n\": 1, \"servers\": [\"{h}\"]}})"
+            )));
+        }
+        let free: Vec<String> = self.names().into_iter().filter(|n| !cat.has_server(n)).collect();
+        let names = members::plan_remove(&free, n, hostnames, &mut rand::thread_rng())?;
+        self.remove_locked(&names, "/rm").await?;
+        Ok(self.membership())
+    }
+
+    /// Removes the replicas `names` for good (the database's `/rm`, once their shards were
+    /// handed over).
+    async fn remove_members(&self, names: &[String]) -> Result<(), ErrorBody> {
+        let _admin = self.admin.lock().await;
+        self.remove_locked(names, "database /rm").await
+    }
+
+    /// Removes `names` (the admin lock is held): durable first, then routers are told, then
+    /// the processes stop and their data goes.
+    async fn remove_locked(&self, names: &[String], reason: &str) -> Result<(), ErrorBody> {
+        self.persist_member(&catalog_log::MemberEvent::Removed { names: names.to_vec() })?;
         {
             let mut t = self.lock_table();
             t.entries.retain(|e| {
@@ -160,11 +242,11 @@ impl Manager {
             });
             self.publish(&mut t);
         }
-        for name in &names {
-            tracing::info!(replica = %name, reason = "/rm", "replica removed");
+        for name in names {
+            tracing::info!(replica = %name, reason, "replica removed");
         }
         futures::future::join_all(names.iter().map(|n| self.spawner.remove(n))).await;
-        Ok(self.membership())
+        Ok(())
     }
 
     /// The membership as soon as it is newer than `(generation, version)`, or as it is
@@ -217,26 +299,59 @@ impl Manager {
         self.lock_table().entries.iter().map(|e| e.member.name.clone()).collect()
     }
 
-    /// Starts `names` in parallel (the admin lock is held); adds them all, or none and stops
-    /// those that started.
-    async fn start_replicas(self: &Arc<Self>, names: Vec<String>) -> Result<(), ErrorBody> {
+    /// Starts `names` in parallel (the admin lock is held), with the ids of `ids` where
+    /// given and fresh ones otherwise; adds them all (recorded in the manager's log first),
+    /// or none and stops those that started.
+    async fn start_replicas(
+        self: &Arc<Self>,
+        names: Vec<String>,
+        ids: &HashMap<String, u64>,
+    ) -> Result<(), ErrorBody> {
         if names.is_empty() {
             return Ok(());
         }
         let results = futures::future::join_all(names.iter().map(|n| self.spawner.spawn(n))).await;
-        if let Some(err) = results.iter().find_map(|r| r.as_ref().err()) {
-            let err = ErrorBody::internal(err.to_string());
+        let failed = results.iter().find_map(|r| r.as_ref().err()).map(|e| e.to_string());
+        let ids_given: HashSet<&String> = ids.keys().collect();
+        let ids: Vec<u64> = {
+            let t = self.lock_table();
+            let mut used: HashSet<u64> = t.entries.iter().map(|e| e.member.id).collect();
+            used.extend(ids.values().copied());
+            names
+                .iter()
+                .map(|n| {
+                    ids.get(n).copied().unwrap_or_else(|| {
+                        let id = members::fresh_id(&used, &mut rand::thread_rng());
+                        used.insert(id);
+                        id
+                    })
+                })
+                .collect()
+        };
+        let logged = match failed {
+            Some(e) => Err(ErrorBody::internal(e)),
+            None => self.persist_member(&catalog_log::MemberEvent::Added {
+                members: names.iter().cloned().zip(ids.iter().copied()).collect(),
+            }),
+        };
+        if let Err(err) = logged {
+            // Stop those that started; keep the data of replicas from an earlier life.
             let started = names.iter().zip(&results).filter(|(_, r)| r.is_ok());
-            futures::future::join_all(started.map(|(n, _)| self.spawner.remove(n))).await;
+            let ids_given = &ids_given;
+            futures::future::join_all(started.map(|(n, _)| async move {
+                if ids_given.contains(n) {
+                    self.spawner.kill(n).await
+                } else {
+                    self.spawner.remove(n).await
+                }
+            }))
+            .await;
             tracing::error!(error = %err.message, "replicas not added");
             return Err(err);
         }
         let mut t = self.lock_table();
-        let mut used: HashSet<u64> = t.entries.iter().map(|e| e.member.id).collect();
-        for (name, spawned) in names.into_iter().zip(results) {
+        for ((name, spawned), id) in names.into_iter().zip(results).zip(ids) {
             let spawned = spawned.expect("checked above");
-            let id = members::fresh_id(&used, &mut rand::thread_rng());
-            used.insert(id);
             let watch = self.cancel.child_token();
             tracing::info!(replica = %name, id, addr = %spawned.addr, http = %spawned.http, "replica added");
             t.entries

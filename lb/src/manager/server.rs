@@ -107,8 +107,13 @@ async fn handle(m: &Arc<Manager>, req: ControlRequest) -> Result<ControlResponse
         }
         ControlRequest::Add { n, hostnames } => m.add(n, &hostnames).await?,
         ControlRequest::Remove { n, hostnames } => m.remove(n, &hostnames).await?,
-        ControlRequest::DbAdmin { .. } | ControlRequest::WatchCatalog { .. } => {
-            return Err(ErrorBody::bad_request("the database endpoints are not served yet"))
+        ControlRequest::DbAdmin { op, body } => {
+            let (status, body) = m.db_admin(op, &body).await;
+            return Ok(ControlResponse::Json { status, body });
+        }
+        ControlRequest::WatchCatalog { version, wait_ms } => {
+            let view = m.watch_catalog(version, Duration::from_millis(wait_ms)).await;
+            return Ok(ControlResponse::Catalog((*view).clone()));
         }
     };
     Ok(ControlResponse::Members((*members).clone()))

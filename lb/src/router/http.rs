@@ -1,5 +1,6 @@
 //! The router's HTTP front (HTTP/1.1 by hyper, keep-alive, no framework): the balancer
-//! endpoints of stage 1 and, for every other path, the replica's own answer.
+//! endpoints of stage 1, the database endpoints of stages 2 and 3 (see `db`), and, for every
+//! other path, the replica's own answer.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,9 +19,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::db;
 use super::proxy::Outgoing;
 use super::{ring_capacity, Router};
-use crate::control::{ControlRequest, Membership};
+use crate::control::{ControlRequest, DbOp, Membership};
 use crate::key::RequestFacts;
 
 /// Largest request (and forwarded answer) body accepted; a larger request gets 413.
@@ -30,7 +32,10 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for requests in progress.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-type HttpResponse = hyper::Response<Full<Bytes>>;
+pub(super) type HttpResponse = hyper::Response<Full<Bytes>>;
+
+/// Prefix of `GET /read/<server_name>`.
+const READ_SERVER_PREFIX: &str = "/read/";
 
 /// Serves HTTP on `listener` until `shutdown` completes, then lets requests in progress
 /// finish (up to a grace period).
@@ -89,7 +94,7 @@ async fn handle(router: &Router, req: hyper::Request<Incoming>, peer: SocketAddr
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
-    let resp = match Limited::new(body, MAX_HTTP_BODY_BYTES).collect().await {
+    let (resp, endpoint) = match Limited::new(body, MAX_HTTP_BODY_BYTES).collect().await {
         Ok(b) => route(router, &parts, &path, b.to_bytes(), peer).await,
         Err(e) => {
             let err = if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
@@ -99,44 +104,90 @@ async fn handle(router: &Router, req: hyper::Request<Incoming>, peer: SocketAddr
             } else {
                 ErrorBody::bad_request(format!("cannot read the request body: {e}"))
             };
-            error_response(&err)
+            (error_response(&err), None)
         }
     };
-    router.metrics.observe(&path, resp.status().as_u16(), started.elapsed());
+    let status = resp.status().as_u16();
+    if let Some(endpoint) = endpoint {
+        router.metrics.db_request(endpoint, status);
+    }
+    // Server names must not each become a label of their own.
+    let label = if path.starts_with(READ_SERVER_PREFIX) { "/read/<server>" } else { &path };
+    router.metrics.observe(label, status, started.elapsed());
     resp
 }
 
+/// Which methods each endpoint of the router takes (the contract's, plus POST where original
+/// clients send a body with GET or DELETE); `None` for paths forwarded to replicas.
+fn allowed(path: &str) -> Option<&'static [Method]> {
+    Some(match path {
+        "/rep" | "/metrics" | "/status" => &[Method::GET],
+        "/add" | "/init" => &[Method::POST],
+        "/rm" => &[Method::DELETE, Method::POST],
+        "/primary_elect" => &[Method::GET, Method::POST],
+        "/read" => &[Method::GET, Method::POST],
+        "/write" => &[Method::POST, Method::PUT],
+        "/update" => &[Method::PUT, Method::POST],
+        "/del" => &[Method::DELETE, Method::POST],
+        p if p.starts_with(READ_SERVER_PREFIX) => &[Method::GET, Method::POST],
+        _ => return None,
+    })
+}
+
+/// Answers one request; the second value names the database endpoint it was, for metrics.
 async fn route(
     router: &Router,
     parts: &hyper::http::request::Parts,
     path: &str,
     body: Bytes,
     peer: SocketAddr,
-) -> HttpResponse {
+) -> (HttpResponse, Option<&'static str>) {
     let method = &parts.method;
-    let allowed: Option<&[Method]> = match path {
-        "/rep" | "/metrics" => Some(&[Method::GET]),
-        "/add" => Some(&[Method::POST]),
-        "/rm" => Some(&[Method::DELETE, Method::POST]),
-        _ => None,
-    };
-    if allowed.is_some_and(|a| !a.contains(method)) {
-        return json_response(
+    if allowed(path).is_some_and(|a| !a.contains(method)) {
+        let resp = json_response(
             StatusCode::METHOD_NOT_ALLOWED,
             &json!({
                 "message": format!("<Error> method {method} is not allowed on '{path}'"),
                 "status": "failure"
             }),
         );
+        return (resp, None);
     }
-    let result = match path {
-        "/rep" => Ok(rep(router)),
-        "/metrics" => Ok(metrics(router)),
-        "/add" => add(router, &body).await,
-        "/rm" => rm(router, &body).await,
-        _ => forward(router, parts, path, body, peer).await,
+    // The ring key of a database read: the same source as stage-1 requests (by default a
+    // random 6-digit id per request).
+    let key = || {
+        let header =
+            router.cfg.key.header_name().and_then(|h| parts.headers.get(h)).map(|v| v.as_bytes());
+        let facts = RequestFacts { header, client: peer.ip(), path };
+        router.cfg.key.key(facts, &mut rand::thread_rng())
     };
-    result.unwrap_or_else(|e| error_response(&e))
+    let (result, endpoint) = match path {
+        "/rep" => (Ok(rep(router)), None),
+        "/metrics" => (Ok(metrics(router)), None),
+        "/add" if db::is_db_form(DbOp::Add, &body) => {
+            (db::admin(router, DbOp::Add, &body).await, Some("add"))
+        }
+        "/rm" if db::is_db_form(DbOp::Remove, &body) => {
+            (db::admin(router, DbOp::Remove, &body).await, Some("rm"))
+        }
+        "/add" => (add(router, &body).await, None),
+        "/rm" => (rm(router, &body).await, None),
+        "/init" => (db::admin(router, DbOp::Init, &body).await, Some("init")),
+        "/status" => (db::admin(router, DbOp::Status, &body).await, Some("status")),
+        "/primary_elect" => {
+            (db::admin(router, DbOp::PrimaryElect, &body).await, Some("primary_elect"))
+        }
+        "/read" => (db::read(router, &body, key()).await, Some("read")),
+        "/write" => (db::write(router, &body, key()).await, Some("write")),
+        "/update" => (db::update(router, &body).await, Some("update")),
+        "/del" => (db::delete(router, &body).await, Some("del")),
+        p if p.starts_with(READ_SERVER_PREFIX) => {
+            let name = &p[READ_SERVER_PREFIX.len()..];
+            (db::read_server(router, name).await, Some("read_server"))
+        }
+        _ => (forward(router, parts, path, body, peer).await, None),
+    };
+    (result.unwrap_or_else(|e| error_response(&e)), endpoint)
 }
 
 fn rep(router: &Router) -> HttpResponse {
@@ -152,7 +203,8 @@ fn rep(router: &Router) -> HttpResponse {
 }
 
 fn metrics(router: &Router) -> HttpResponse {
-    let text = router.metrics.render(&router.table(), &router.cfg.hash);
+    let mut text = router.metrics.render(&router.table(), &router.cfg.hash);
+    router.metrics.render_db(&mut text, &router.db_table(), &router.lsn_floors());
     let mut r = hyper::Response::new(Full::new(Bytes::from(text)));
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
@@ -255,14 +307,18 @@ fn n_and_hostnames(body: &[u8]) -> Result<(u64, Vec<String>), ErrorBody> {
     Ok((n, hostnames))
 }
 
-fn error_response(e: &ErrorBody) -> HttpResponse {
+pub(super) fn error_response(e: &ErrorBody) -> HttpResponse {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json_response(status, &json!({"message": e.message, "status": "failure"}))
 }
 
-fn json_response(status: StatusCode, body: &Json) -> HttpResponse {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut r = hyper::Response::new(Full::new(Bytes::from(bytes)));
+pub(super) fn json_response(status: StatusCode, body: &Json) -> HttpResponse {
+    raw_json_response(status, serde_json::to_vec(body).unwrap_or_default())
+}
+
+/// A response whose body is JSON text already (the manager's answers, passed on as they are).
+pub(super) fn raw_json_response(status: StatusCode, body: Vec<u8>) -> HttpResponse {
+    let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use super::db_table::DbTable;
 use super::RouteTable;
 use crate::ring::RingKind;
 
@@ -25,6 +26,10 @@ pub(crate) struct Metrics {
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
     latency_sum_us: AtomicU64,
     latency_count: AtomicU64,
+    /// Database endpoint answers, by endpoint and status.
+    db_requests: Mutex<HashMap<(&'static str, u16), u64>>,
+    /// Database request attempts that were tried again, by reason.
+    db_retries: Mutex<HashMap<&'static str, u64>>,
 }
 
 fn bump(map: &Mutex<HashMap<String, u64>>, key: &str) {
@@ -67,6 +72,106 @@ impl Metrics {
     /// A forwarding attempt to `replica` that failed.
     pub fn forward_failed(&self, replica: &str) {
         bump(&self.forward_failures, replica);
+    }
+
+    /// One database endpoint answered (`endpoint` is the contract's name: `read`, `write`,
+    /// `update`, `del`, `read_server`, `init`, `status`, `add`, `rm`, `primary_elect`).
+    pub fn db_request(&self, endpoint: &'static str, status: u16) {
+        let mut m = self.db_requests.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry((endpoint, status)).or_insert(0) += 1;
+    }
+
+    /// A database attempt that failed and was (or would have been) tried again.
+    pub fn db_retry(&self, reason: &'static str) {
+        let mut m = self.db_retries.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry(reason).or_insert(0) += 1;
+    }
+
+    /// Appends the database part of the exposition: endpoint counters, retries, the catalog
+    /// version and each shard's LSN floor.
+    pub fn render_db(&self, out: &mut String, table: &DbTable, lsns: &[(String, u64)]) {
+        let w = out;
+        let _ = writeln!(
+            w,
+            "# HELP shardgate_db_requests_total Database endpoint requests answered, by endpoint and status."
+        );
+        let _ = writeln!(w, "# TYPE shardgate_db_requests_total counter");
+        let mut reqs: Vec<((&str, u16), u64)> = self
+            .db_requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        reqs.sort();
+        for ((endpoint, status), n) in reqs {
+            let _ = writeln!(
+                w,
+                "shardgate_db_requests_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            w,
+            "# HELP shardgate_db_retries_total Database attempts at a node that failed and were tried again elsewhere or later, by reason."
+        );
+        let _ = writeln!(w, "# TYPE shardgate_db_retries_total counter");
+        let mut retries: Vec<(&str, u64)> = self
+            .db_retries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        retries.sort();
+        for (reason, n) in retries {
+            let _ = writeln!(w, "shardgate_db_retries_total{{reason=\"{reason}\"}} {n}");
+        }
+        let _ = writeln!(w, "# HELP shardgate_db_catalog_version Catalog version routed by.");
+        let _ = writeln!(w, "# TYPE shardgate_db_catalog_version gauge");
+        let _ = writeln!(w, "shardgate_db_catalog_version {}", table.version());
+        let _ = writeln!(
+            w,
+            "# HELP shardgate_db_shard_lsn Highest LSN of a shard seen in an answer (reads ask for at least this)."
+        );
+        let _ = writeln!(w, "# TYPE shardgate_db_shard_lsn gauge");
+        for (shard, lsn) in lsns {
+            let _ = writeln!(w, "shardgate_db_shard_lsn{{shard=\"{}\"}} {lsn}", label(shard));
+        }
+        let mut shards: Vec<(&String, &super::db_table::ShardRoute)> =
+            table.shards.iter().collect();
+        shards.sort_by(|a, b| a.0.cmp(b.0));
+        let _ = writeln!(w, "# HELP shardgate_db_shard_epoch A shard's epoch in the catalog.");
+        let _ = writeln!(w, "# TYPE shardgate_db_shard_epoch gauge");
+        for (shard, r) in &shards {
+            let _ =
+                writeln!(w, "shardgate_db_shard_epoch{{shard=\"{}\"}} {}", label(shard), r.epoch);
+        }
+        let _ = writeln!(
+            w,
+            "# HELP shardgate_db_shard_has_primary Whether a shard has a live primary to write to."
+        );
+        let _ = writeln!(w, "# TYPE shardgate_db_shard_has_primary gauge");
+        for (shard, r) in &shards {
+            let _ = writeln!(
+                w,
+                "shardgate_db_shard_has_primary{{shard=\"{}\"}} {}",
+                label(shard),
+                u8::from(r.primary.is_some())
+            );
+        }
+        let _ = writeln!(
+            w,
+            "# HELP shardgate_db_shard_live_replicas Replicas of a shard that reads are spread over."
+        );
+        let _ = writeln!(w, "# TYPE shardgate_db_shard_live_replicas gauge");
+        for (shard, r) in &shards {
+            let _ = writeln!(
+                w,
+                "shardgate_db_shard_live_replicas{{shard=\"{}\"}} {}",
+                label(shard),
+                r.live.len()
+            );
+        }
     }
 
     /// The Prometheus text exposition.

@@ -4,12 +4,27 @@
 //! builds the next table ([`crate::ring::Balancer::rebuild`]) and swaps it in whole, so a
 //! request sees one consistent table and lookups never wait for a rebuild.
 //!
-//! - `http`: the HTTP front: `/rep`, `/add`, `/rm`, `/metrics`, and everything else forwarded.
+//! The database part (stages 2 and 3) works the same way: the latest catalog version from the
+//! manager (`catalog_watch`) becomes a [`db_table::DbTable`] with a read ring per shard,
+//! swapped whole; data requests are routed by shard to nodes over the binary protocol.
+//!
+//! - `http`: the HTTP front: `/rep`, `/add`, `/rm`, `/metrics`, the database endpoints, and
+//!   everything else forwarded.
 //! - `proxy`: forwarding one request to one replica's HTTP shim over pooled keep-alive
 //!   connections.
 //! - `watch`: the long poll that keeps the table current.
 //! - `metrics`: counters and the Prometheus text.
+//! - `db`: the database endpoints: validation, grouping by shard, the contract's JSON, and
+//!   the admin endpoints forwarded to the manager.
+//! - `db_calls`: calls to the nodes: reads over a shard's ring, changes through its primary
+//!   with refresh and retry, the per-shard LSN floor that keeps reads from going back.
+//! - `db_table`: the catalog made routable (pure code).
+//! - `catalog_watch`: the long poll that keeps the database table current.
 
+mod catalog_watch;
+mod db;
+mod db_calls;
+mod db_table;
 mod http;
 mod metrics;
 mod proxy;
@@ -18,7 +33,7 @@ mod watch;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use protocol::ErrorBody;
@@ -36,6 +51,11 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 pub const FORWARD_ATTEMPTS: usize = 3;
 /// Default limit on an `/add` or `/rm` at the manager (it starts or stops processes).
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default time a database request keeps retrying (a new primary, a replica behind) before
+/// the router gives up and answers an error.
+pub const DB_RETRY_DEADLINE: Duration = Duration::from_secs(3);
+/// Limits on opening a connection to a node (TCP connect, then handshake).
+const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How a router runs.
 #[derive(Debug, Clone)]
@@ -50,8 +70,10 @@ pub struct RouterConfig {
     pub forward_timeout: Duration,
     /// Replicas tried per request.
     pub attempts: usize,
-    /// Limit on `/add` and `/rm`.
+    /// Limit on `/add` and `/rm` (and the database admin endpoints).
     pub admin_timeout: Duration,
+    /// How long a database request keeps retrying before it fails.
+    pub db_deadline: Duration,
 }
 
 impl RouterConfig {
@@ -64,6 +86,7 @@ impl RouterConfig {
             forward_timeout: FORWARD_TIMEOUT,
             attempts: FORWARD_ATTEMPTS,
             admin_timeout: ADMIN_TIMEOUT,
+            db_deadline: DB_RETRY_DEADLINE,
         }
     }
 }
@@ -101,6 +124,17 @@ pub struct Router {
     admin: ControlClient,
     metrics: metrics::Metrics,
     cancel: CancellationToken,
+    /// The database table routed by; replaced whole on every catalog version.
+    db: tokio::sync::watch::Sender<Arc<db_table::DbTable>>,
+    /// Pipelined binary connections to the nodes, one per node.
+    nodes: client::Pool,
+    /// Per shard, the highest LSN seen in an answer (see `db_calls`).
+    lsns: RwLock<HashMap<protocol::ShardId, Arc<AtomicU64>>>,
+    /// The database admin endpoints' own connection to the manager (an `/init` can take long;
+    /// it must not hold up stage-1 `/add`).
+    db_admin: ControlClient,
+    /// One-off catalog fetches, apart from the long-polling watch.
+    refresh: ControlClient,
 }
 
 impl Router {
@@ -113,16 +147,42 @@ impl Router {
             by_id: HashMap::new(),
             membership: Membership::default(),
         };
+        let node_options = client::ConnectOptions {
+            connect_timeout: NODE_CONNECT_TIMEOUT,
+            handshake_timeout: NODE_CONNECT_TIMEOUT,
+            request_timeout: None,
+        };
         let router = Arc::new(Router {
             admin: ControlClient::new(cfg.manager.clone(), "shardgate-router"),
             table: tokio::sync::watch::channel(Arc::new(empty)).0,
             apply_lock: Mutex::new(()),
             metrics: metrics::Metrics::default(),
             cancel: CancellationToken::new(),
+            db: tokio::sync::watch::channel(Arc::new(db_table::DbTable::empty())).0,
+            nodes: client::Pool::with_options("shardgate-router", node_options),
+            lsns: RwLock::new(HashMap::new()),
+            db_admin: ControlClient::new(cfg.manager.clone(), "shardgate-router-db"),
+            refresh: ControlClient::new(cfg.manager.clone(), "shardgate-router-refresh"),
             cfg,
         });
         tokio::spawn(watch::run(router.clone(), router.cancel.clone()));
+        tokio::spawn(catalog_watch::run(router.clone(), router.cancel.clone()));
         Ok(router)
+    }
+
+    /// Waits until the router routes data by a catalog of at least `version`; false if it
+    /// did not within `limit`.
+    pub async fn wait_catalog(&self, version: u64, limit: Duration) -> bool {
+        let mut rx = self.db.subscribe();
+        let reached = rx.wait_for(|t| t.ready && t.version() >= version);
+        let ok = matches!(tokio::time::timeout(limit, reached).await, Ok(Ok(_)));
+        ok
+    }
+
+    /// The catalog version data is routed by (`None` before the first one arrived).
+    pub fn catalog_version(&self) -> Option<u64> {
+        let t = self.db_table();
+        t.ready.then(|| t.version())
     }
 
     /// Waits until the first membership arrived; false if it did not within `limit`.

@@ -1,0 +1,324 @@
+//! Where a shard's primary is chosen: every epoch change of a shard (an election after a
+//! failure, the first election of a new shard, a replica added or dropped) runs the same
+//! sequence, DESIGN.md "Failover":
+//!
+//! 1. persist the next epoch (with the new voter set, for a membership change);
+//! 2. every live replica adopts it (persisted on the node before it answers), which fences
+//!    the old primary: once a majority of the voters adopted, it can commit nothing more;
+//! 3. choose: the current primary when the change keeps it and it adopted (it holds every
+//!    committed write), else [`decide`]: the largest `(last_epoch, last_lsn)` among a
+//!    majority of the voters;
+//! 4. persist the primary, promote it, and have the others follow it.
+//!
+//! [`decide`] is pure and unit-tested; [`Manager::change_epoch`] does the IO around it.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use protocol::{Epoch, ErrorBody, ErrorKind, FollowReq, Lsn, PromoteReq, Quorum, Replica};
+
+use super::nodes::LogEnd;
+use super::Manager;
+use crate::catalog::{choose_primary, CatalogEvent};
+use crate::control::Membership;
+
+/// How long an epoch change still waits for the other replicas' adoptions once enough
+/// have adopted to choose.
+const ADOPT_GRACE: Duration = Duration::from_millis(100);
+
+/// The primary to promote after replicas adopted a new epoch: the largest `(last_epoch,
+/// last_lsn)` among the adopted voters not in `exclude`, in the order given (ties go to the
+/// first). Refused unless the adopted voters are a majority of `voters` (else the old
+/// primary may still commit) and so are the eligible ones (else the largest of them may miss
+/// a committed write that only an excluded replica holds).
+pub fn decide(
+    voters: &[String],
+    adopted: &[(String, Epoch, Lsn)],
+    exclude: &[String],
+) -> Result<String, String> {
+    let adopted_voters: Vec<&(String, Epoch, Lsn)> =
+        adopted.iter().filter(|a| voters.contains(&a.0)).collect();
+    let eligible: Vec<(String, Epoch, Lsn)> =
+        adopted_voters.iter().filter(|a| !exclude.contains(&a.0)).map(|a| (*a).clone()).collect();
+    let n = voters.len();
+    if n == 0 || 2 * adopted_voters.len() <= n || 2 * eligible.len() <= n {
+        let names: Vec<&str> = eligible.iter().map(|a| a.0.as_str()).collect();
+        return Err(format!(
+            "only {} of its {n} voters ({}) could take part; a majority is needed",
+            eligible.len(),
+            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+        ));
+    }
+    Ok(choose_primary(&eligible).expect("a majority is not empty").to_string())
+}
+
+/// One epoch change of a shard (see the module doc).
+#[derive(Clone, Debug)]
+pub(super) struct EpochChange {
+    /// The shard.
+    pub shard: String,
+    /// The voters from the new epoch on, when the change adds or drops one; `None` keeps
+    /// the voters.
+    pub new_voters: Option<Vec<String>>,
+    /// The primary to keep if it adopts; `None` elects the largest log.
+    pub keep: Option<String>,
+    /// Servers never chosen (being removed).
+    pub exclude: Vec<String>,
+    /// Servers being removed: they adopt (fenced) but are no learners of the new primary.
+    pub removing: Vec<String>,
+    /// How ties between equal logs are broken.
+    pub ties: Ties,
+}
+
+/// Which replica wins an election among equal logs (after that, the first in server order).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Ties {
+    /// The catalog's primary: a restarted manager keeps the primaries where they were.
+    KeepPrimary,
+    /// Anyone but this one: a primary that failed (its respawned process has applied less
+    /// and just crashed) only wins with a longer log.
+    Avoid(String),
+}
+
+/// A shard's primary as the manager last set it up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Promoted {
+    /// The primary's name.
+    pub primary: String,
+    /// Its binary address when promoted: another address means another process.
+    pub primary_addr: String,
+    /// The epoch.
+    pub epoch: Epoch,
+    /// Voters as the primary was told them.
+    pub voters: Vec<Replica>,
+    /// Learners as the primary was told them.
+    pub learners: Vec<Replica>,
+    /// LSN of the primary's barrier record of the epoch (its last LSN once promoted).
+    pub barrier_lsn: Lsn,
+}
+
+/// `name` with its current binary address; a placeholder that refuses connections when the
+/// manager does not know the server (it still counts in quorums).
+pub(super) fn replica(ms: &Membership, name: &str) -> Replica {
+    let addr = ms
+        .members
+        .iter()
+        .find(|m| m.name == name)
+        .map_or_else(|| "0.0.0.0:0".to_string(), |m| m.addr.clone());
+    Replica { name: name.to_string(), addr }
+}
+
+/// The live member `name`'s address.
+pub(super) fn live_addr(ms: &Membership, name: &str) -> Option<String> {
+    ms.members.iter().find(|m| m.name == name && m.alive).map(|m| m.addr.clone())
+}
+
+impl Manager {
+    /// Runs one epoch change of a shard; returns the primary as set up. On error the shard
+    /// may be left without a working primary (the next supervisor round elects again).
+    pub(super) async fn change_epoch(&self, ch: EpochChange) -> Result<Promoted, ErrorBody> {
+        let shard = ch.shard.as_str();
+        let cat = self.catalog();
+        let voters = cat.voters(shard).to_vec();
+        let new_voters = ch.new_voters.clone().unwrap_or_else(|| voters.clone());
+        let learners: Vec<String> = cat
+            .learners(shard)
+            .into_iter()
+            .filter(|l| !new_voters.contains(l) && !ch.removing.contains(l))
+            .collect();
+        let epoch = cat.epoch_of(shard) + 1;
+        // 1. The epoch (and voter set) first, durable before any node hears of it.
+        let ev = match &ch.new_voters {
+            Some(v) => CatalogEvent::Voters { shard: shard.into(), epoch, voters: v.clone() },
+            None => CatalogEvent::Epoch { shard: shard.into(), epoch },
+        };
+        self.persist(ev)?;
+        // 2. Every live replica adopts it.
+        let ms = self.membership();
+        let mut everyone: BTreeSet<String> = cat.replicas(shard).into_iter().collect();
+        everyone.extend(voters.iter().cloned());
+        everyone.extend(new_voters.iter().cloned());
+        if let Some(p) = cat.primary.get(shard) {
+            everyone.insert(p.clone());
+        }
+        // In server order, so ties in the choice go to the first listed.
+        let mut order: Vec<String> = cat.servers.iter().map(|(n, _)| n.clone()).collect();
+        order.retain(|n| everyone.contains(n));
+        order.extend(everyone.iter().filter(|n| !cat.has_server(n)).cloned());
+        match &ch.ties {
+            Ties::KeepPrimary => {
+                if let Some(i) =
+                    cat.primary.get(shard).and_then(|p| order.iter().position(|n| n == p))
+                {
+                    let p = order.remove(i);
+                    order.insert(0, p);
+                }
+            }
+            Ties::Avoid(x) => {
+                if let Some(i) = order.iter().position(|n| n == x) {
+                    let p = order.remove(i);
+                    order.push(p);
+                }
+            }
+        }
+        let targets: Vec<(String, String)> =
+            order.iter().filter_map(|n| live_addr(&ms, n).map(|a| (n.clone(), a))).collect();
+        // Once enough have answered, a replica that is slow (paused, overloaded) only gets a
+        // short grace: it learns the epoch from the new primary later.
+        let mut pending: FuturesUnordered<_> = targets
+            .iter()
+            .map(
+                |(name, addr)| async move { (name, self.db.nodes.adopt(addr, shard, epoch).await) },
+            )
+            .collect();
+        let mut adopted: Vec<(String, Epoch, Lsn)> = Vec::new();
+        let mut newer: Option<Epoch> = None;
+        let mut grace: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match grace {
+                None => pending.next().await,
+                Some(until) => match tokio::time::timeout_at(until, pending.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            let Some((name, answer)) = next else { break };
+            match answer {
+                Ok(LogEnd { last_epoch, last_lsn, .. }) => {
+                    adopted.push((name.clone(), last_epoch, last_lsn))
+                }
+                Err(e) => {
+                    if let ErrorKind::StaleEpoch { current } = e.kind {
+                        newer = Some(newer.unwrap_or(0).max(current));
+                    }
+                    tracing::debug!(shard, epoch, replica = %name, error = %e.message, "did not adopt");
+                }
+            }
+            let enough = match &ch.keep {
+                Some(k) => adopted.iter().any(|a| &a.0 == k),
+                None => decide(&voters, &adopted, &ch.exclude).is_ok(),
+            };
+            if enough && grace.is_none() {
+                grace = Some(tokio::time::Instant::now() + ADOPT_GRACE);
+            }
+        }
+        drop(pending);
+        // Answers came in any order; the choice breaks ties by `order`.
+        adopted.sort_by_key(|a| order.iter().position(|n| *n == a.0));
+        if let Some(current) = newer.filter(|c| *c >= epoch) {
+            // A node knows an epoch this log does not (only if the log was lost): skip past
+            // it; the next attempt takes a fresh one.
+            self.persist(CatalogEvent::Epoch { shard: shard.into(), epoch: current })?;
+            return Err(ErrorBody::unavailable(format!(
+                "shard {shard}: a replica is at epoch {current}, past {epoch}; retrying"
+            )));
+        }
+        // 3. Choose.
+        let primary = match &ch.keep {
+            // A membership change keeps the primary; if it did not adopt, the change fails
+            // and the next round elects (never a new primary and a new voter set at once).
+            Some(k) if adopted.iter().any(|a| &a.0 == k) => k.clone(),
+            Some(k) => {
+                return Err(ErrorBody::unavailable(format!(
+                    "shard {shard}: primary {k} did not adopt epoch {epoch}"
+                )))
+            }
+            None => decide(&voters, &adopted, &ch.exclude).map_err(|why| {
+                ErrorBody::unavailable(format!(
+                    "no primary for shard {shard} at epoch {epoch}: {why}"
+                ))
+            })?,
+        };
+        // 4. Persist, promote, follow.
+        self.persist(CatalogEvent::Primary {
+            shard: shard.into(),
+            epoch,
+            primary: primary.clone(),
+        })?;
+        let primary_addr = live_addr(&ms, &primary).unwrap_or_default();
+        let promote = PromoteReq {
+            shard: shard.into(),
+            epoch,
+            voters: new_voters.iter().map(|v| replica(&ms, v)).collect(),
+            learners: learners.iter().map(|l| replica(&ms, l)).collect(),
+            quorum: Quorum::Majority,
+        };
+        let info = self.db.nodes.promote(&primary_addr, promote.clone()).await?;
+        let follow = FollowReq { shard: shard.into(), epoch, primary: replica(&ms, &primary) };
+        let followers: Vec<&(String, Epoch, Lsn)> =
+            adopted.iter().filter(|a| a.0 != primary).collect();
+        let results = futures::future::join_all(followers.iter().map(|a| {
+            let addr = live_addr(&ms, &a.0).unwrap_or_default();
+            let req = follow.clone();
+            async move { self.db.nodes.follow(&addr, req).await }
+        }))
+        .await;
+        for (a, r) in followers.iter().zip(results) {
+            if let Err(e) = r {
+                tracing::warn!(shard, epoch, replica = %a.0, error = %e.message, "did not follow");
+            }
+        }
+        tracing::info!(
+            shard,
+            epoch,
+            %primary,
+            voters = ?new_voters,
+            learners = ?learners,
+            adopted = adopted.len(),
+            "primary set up"
+        );
+        Ok(Promoted {
+            primary,
+            primary_addr,
+            epoch,
+            voters: promote.voters,
+            learners: promote.learners,
+            barrier_lsn: info.last_lsn,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn a(name: &str, e: Epoch, l: Lsn) -> (String, Epoch, Lsn) {
+        (name.to_string(), e, l)
+    }
+
+    #[test]
+    fn the_largest_log_of_a_majority_leads() {
+        let v = names(&["A", "B", "C"]);
+        assert_eq!(decide(&v, &[a("B", 2, 9), a("C", 3, 1)], &[]).unwrap(), "C");
+        assert_eq!(decide(&v, &[a("A", 1, 5), a("B", 1, 5), a("C", 1, 5)], &[]).unwrap(), "A");
+        let e = decide(&v, &[a("B", 2, 9)], &[]).unwrap_err();
+        assert!(e.contains("only 1 of its 3 voters (B)"), "{e}");
+    }
+
+    #[test]
+    fn learners_neither_count_nor_lead() {
+        let v = names(&["A", "B", "C"]);
+        let e = decide(&v, &[a("B", 2, 9), a("L", 9, 99)], &[]).unwrap_err();
+        assert!(e.contains("a majority is needed"), "{e}");
+        assert_eq!(decide(&v, &[a("B", 2, 9), a("C", 2, 3), a("L", 9, 99)], &[]).unwrap(), "B");
+    }
+
+    #[test]
+    fn an_excluded_replica_fences_but_never_leads() {
+        let v = names(&["A", "B", "C"]);
+        // A (being removed) has the longest log; B and C are a majority without it.
+        assert_eq!(
+            decide(&v, &[a("A", 3, 9), a("B", 3, 7), a("C", 3, 8)], &names(&["A"])).unwrap(),
+            "C"
+        );
+        // Without A, only B remains: B alone may miss a write committed on A and C.
+        let e = decide(&v, &[a("A", 3, 9), a("B", 3, 7)], &names(&["A"])).unwrap_err();
+        assert!(e.contains("only 1 of its 3 voters"), "{e}");
+        assert!(decide(&[], &[a("A", 1, 1)], &[]).is_err());
+    }
+}
