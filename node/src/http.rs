@@ -141,7 +141,7 @@ async fn route(
             &json!({"message": format!("Hello from Server: {}", node.name()), "status": "successful"}),
         ));
     }
-    let body = parse_body(body)?;
+    let body = protocol::json::object_body(body)?;
     // The schema that rows of a read answer are written back with.
     let mut read_schema = None;
     let req = match path {
@@ -242,18 +242,6 @@ fn answer_json(
         }
         other => return Err(ErrorBody::internal(format!("no JSON form for the answer {other:?}"))),
     })
-}
-
-fn parse_body(body: &[u8]) -> Result<Json, ErrorBody> {
-    if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(ErrorBody::bad_request("request body must be a JSON object"));
-    }
-    let v: Json = serde_json::from_slice(body)
-        .map_err(|e| ErrorBody::bad_request(format!("request body is not valid JSON: {e}")))?;
-    if !v.is_object() {
-        return Err(ErrorBody::bad_request("request body must be a JSON object"));
-    }
-    Ok(v)
 }
 
 fn field<'a>(body: &'a Json, name: &str) -> Result<&'a Json, ErrorBody> {

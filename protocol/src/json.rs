@@ -263,3 +263,17 @@ pub fn shard_specs_from_json(v: &Json) -> Result<Vec<ShardSpec>, FieldError> {
     let items = v.as_array().ok_or_else(|| FieldError::wrong("shards", "an array", v))?;
     items.iter().map(shard_spec_from_json).collect()
 }
+
+/// An HTTP request body that must be a JSON object; otherwise the 400 to answer.
+pub fn object_body(body: &[u8]) -> Result<Json, crate::ErrorBody> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(crate::ErrorBody::bad_request("request body must be a JSON object"));
+    }
+    let v: Json = serde_json::from_slice(body).map_err(|e| {
+        crate::ErrorBody::bad_request(format!("request body is not valid JSON: {e}"))
+    })?;
+    if !v.is_object() {
+        return Err(crate::ErrorBody::bad_request("request body must be a JSON object"));
+    }
+    Ok(v)
+}

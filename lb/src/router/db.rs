@@ -86,7 +86,7 @@ pub(super) async fn read(
 ) -> Result<HttpResponse, ErrorBody> {
     let t = router.db_ready().await?;
     let schema = t.schema().expect("an initialized catalog has a schema");
-    let body = parse_object(body)?;
+    let body = protocol::json::object_body(body)?;
     let range = field(&body, "Stud_id")?;
     if !range.is_object() {
         return Err(ErrorBody::bad_request(
@@ -133,7 +133,7 @@ pub(super) async fn write(
 ) -> Result<HttpResponse, ErrorBody> {
     let t = router.db_ready().await?;
     let schema = t.schema().expect("an initialized catalog has a schema");
-    let body = parse_object(body)?;
+    let body = protocol::json::object_body(body)?;
     let rows = rows_from_json(schema, field(&body, "data")?)?;
     let groups = group_by_shard(&t, rows)?;
     let total: usize = groups.iter().map(|g| g.1.len()).sum();
@@ -156,7 +156,7 @@ pub(super) async fn write(
 pub(super) async fn update(router: &Router, body: &[u8]) -> Result<HttpResponse, ErrorBody> {
     let t = router.db_ready().await?;
     let schema = t.schema().expect("an initialized catalog has a schema");
-    let body = parse_object(body)?;
+    let body = protocol::json::object_body(body)?;
     let key = key_field(&body, "Stud_id")?;
     let row = row_from_json(schema, field(&body, "data")?)?;
     if row.key != key {
@@ -179,7 +179,7 @@ pub(super) async fn update(router: &Router, body: &[u8]) -> Result<HttpResponse,
 /// `DELETE /del`: one row removed through its shard's primary.
 pub(super) async fn delete(router: &Router, body: &[u8]) -> Result<HttpResponse, ErrorBody> {
     let t = router.db_ready().await?;
-    let body = parse_object(body)?;
+    let body = protocol::json::object_body(body)?;
     let key = key_field(&body, "Stud_id")?;
     let shard = shard_of(&t, key)?;
     let out =
@@ -437,18 +437,6 @@ fn unexpected(what: &str, answer: &Response) -> ErrorBody {
     ErrorBody::internal(format!("a node answered {what} with {answer:?}"))
 }
 
-fn parse_object(body: &[u8]) -> Result<Json, ErrorBody> {
-    if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(ErrorBody::bad_request("request body must be a JSON object"));
-    }
-    let v: Json = serde_json::from_slice(body)
-        .map_err(|e| ErrorBody::bad_request(format!("request body is not valid JSON: {e}")))?;
-    if !v.is_object() {
-        return Err(ErrorBody::bad_request("request body must be a JSON object"));
-    }
-    Ok(v)
-}
-
 fn field<'a>(body: &'a Json, name: &str) -> Result<&'a Json, ErrorBody> {
     match body.get(name) {
         None | Some(Json::Null) => Err(ErrorBody::bad_request(format!("missing field '{name}'"))),
@@ -474,18 +462,18 @@ mod tests {
     #[test]
     fn bodies_must_be_objects_with_their_fields() {
         assert_eq!(
-            parse_object(b" ").unwrap_err().message,
+            protocol::json::object_body(b" ").unwrap_err().message,
             "<Error> request body must be a JSON object"
         );
         assert_eq!(
-            parse_object(b"[1]").unwrap_err().message,
+            protocol::json::object_body(b"[1]").unwrap_err().message,
             "<Error> request body must be a JSON object"
         );
-        assert!(parse_object(b"{")
+        assert!(protocol::json::object_body(b"{")
             .unwrap_err()
             .message
             .starts_with("<Error> request body is not valid JSON"));
-        let v = parse_object(br#"{"data": null}"#).unwrap();
+        let v = protocol::json::object_body(br#"{"data": null}"#).unwrap();
         assert_eq!(field(&v, "data").unwrap_err().message, "<Error> missing field 'data'");
     }
 }
