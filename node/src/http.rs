@@ -164,6 +164,7 @@ async fn route(
                 low: key_field(range, "low")?,
                 high: key_field(range, "high")?,
                 min_lsn: 0,
+                consistency: protocol::Consistency::Default,
             })
         }
         "/write" => {

@@ -96,6 +96,20 @@ impl Node {
             Request::Append(r) => self.shard(&r.shard)?.append(r).await,
             Request::Snapshot(r) => self.shard(&r.shard)?.snapshot_chunk(r),
             Request::ReplicaStatus(r) => Ok(Response::Replica(self.shard(&r.shard)?.status())),
+            Request::Forward(_) => Err(ErrorBody::bad_request(format!(
+                "{} does not take forwarded HTTP requests on the binary protocol yet",
+                self.name
+            ))),
+            Request::DbRead(_)
+            | Request::DbWrite(_)
+            | Request::DbUpdate(_)
+            | Request::DbDelete(_)
+            | Request::DbReadServer(_)
+            | Request::DbAdmin(_) => Err(ErrorBody::bad_request(format!(
+                "{} is a storage server; '{}' is a request for a router",
+                self.name,
+                req.name()
+            ))),
         }
     }
 

@@ -501,6 +501,7 @@ async fn a_read_with_min_lsn_never_returns_older_data_than_the_caller_saw() {
             low: 0,
             high: 10,
             min_lsn: lsn,
+            consistency: protocol::Consistency::Default,
         });
         match n.call(req).await {
             Ok(Response::Read { rows, applied_lsn }) => {
@@ -516,6 +517,7 @@ async fn a_read_with_min_lsn_never_returns_older_data_than_the_caller_saw() {
         low: 0,
         high: 10,
         min_lsn: lsn + 1000,
+        consistency: protocol::Consistency::Default,
     });
     match nodes[(p + 1) % 3].call(req).await {
         Err(CallError::Remote(e)) => assert_eq!(e.kind, ErrorKind::Unavailable, "{e:?}"),

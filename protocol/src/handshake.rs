@@ -20,7 +20,7 @@ use crate::wire;
 pub const MAGIC: [u8; 4] = *b"SGP\x01";
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The caller's first frame.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -187,31 +187,31 @@ mod tests {
         assert!(check_hello(&bad_magic)
             .unwrap_err()
             .starts_with("bad magic: this is not a shardgate peer"));
-        let v2 = Hello { version: 2, ..Hello::new("x") };
+        let v3 = Hello { version: 3, ..Hello::new("x") };
         assert_eq!(
-            check_hello(&v2).unwrap_err(),
-            "protocol version 2 not supported; this server speaks version 1"
+            check_hello(&v3).unwrap_err(),
+            "protocol version 3 not supported; this server speaks version 2"
         );
     }
 
     #[test]
     fn a_longer_future_hello_still_gets_the_version_message() {
         #[derive(Serialize)]
-        struct HelloV2 {
+        struct HelloV3 {
             magic: [u8; 4],
             version: u16,
             peer: String,
             features: Vec<String>,
         }
-        let frame = wire::encode(&HelloV2 {
+        let frame = wire::encode(&HelloV3 {
             magic: MAGIC,
-            version: 2,
+            version: 3,
             peer: "new".into(),
             features: vec!["zstd".into()],
         })
         .unwrap();
         let msg = read_hello(&frame).unwrap_err();
-        assert_eq!(msg, "protocol version 2 not supported; this server speaks version 1");
+        assert_eq!(msg, "protocol version 3 not supported; this server speaks version 2");
     }
 
     #[test]
@@ -225,12 +225,12 @@ mod tests {
     async fn a_client_of_another_version_is_refused_on_both_sides() {
         let (a, b) = tokio::io::duplex(4096);
         let (mut client, mut server) = (framed(a), framed(b));
-        let hello = Hello { version: 2, ..Hello::new("future-client") };
+        let hello = Hello { version: 3, ..Hello::new("future-client") };
         let (c, s) = tokio::join!(
             handshake_as(&mut client, &hello),
             server_handshake(&mut server, "Server1")
         );
-        let expected = "protocol version 2 not supported; this server speaks version 1";
+        let expected = "protocol version 3 not supported; this server speaks version 2";
         match (c, s) {
             (Err(Error::Handshake(cm)), Err(Error::Handshake(sm))) => {
                 assert_eq!(cm, expected);
@@ -270,7 +270,7 @@ mod tests {
         assert!(s.is_ok(), "{s:?}");
         match c {
             Err(Error::Handshake(m)) => {
-                assert_eq!(m, "server 'S9' speaks protocol version 9; this client speaks version 1")
+                assert_eq!(m, "server 'S9' speaks protocol version 9; this client speaks version 2")
             }
             other => panic!("expected a handshake error, got {other:?}"),
         }

@@ -33,8 +33,10 @@ pub use handshake::{
 };
 pub use json::{parse_key, row_from_json, row_to_json, FieldError};
 pub use message::{
-    AdoptReq, AppendReq, ConfigReq, CopyReq, DeleteReq, ErrorBody, ErrorKind, FollowReq, LogRecord,
-    PromoteReq, Quorum, ReadReq, Replica, ReplicaInfo, ReplicaStatusReq, Request, RequestFrame,
-    Response, ResponseFrame, Role, SnapshotChunk, UpdateReq, WriteReq,
+    AdminOp, AdoptReq, AppendReq, ConfigReq, Consistency, CopyReq, DbAdminReq, DbDeleteReq,
+    DbReadReq, DbReadServerReq, DbUpdateReq, DbWriteReq, DeleteReq, ErrorBody, ErrorKind,
+    FollowReq, ForwardReq, LogRecord, PromoteReq, Quorum, ReadReq, Replica, ReplicaInfo,
+    ReplicaStatusReq, Request, RequestFrame, Response, ResponseFrame, Role, SnapshotChunk,
+    UpdateReq, WriteReq,
 };
 pub use types::{DType, Epoch, Lsn, Row, Schema, ShardId, ShardSpec, Value, KEY_COLUMN};

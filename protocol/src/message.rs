@@ -75,6 +75,22 @@ pub enum Request {
     Snapshot(SnapshotChunk),
     /// Replication state of one shard replica.
     ReplicaStatus(ReplicaStatusReq),
+    /// Stage 1 (router → node): a request the router routes to a server as is (`GET /home`,
+    /// or any other path); the node answers it as its HTTP shim would.
+    Forward(ForwardReq),
+    /// Client → router: rows of every shard meeting `[low, high]` (`/read`).
+    DbRead(DbReadReq),
+    /// Client → router: add rows, grouped by shard (`/write`).
+    DbWrite(DbWriteReq),
+    /// Client → router: replace the row with this key (`/update`).
+    DbUpdate(DbUpdateReq),
+    /// Client → router: remove the row with this key (`/del`).
+    DbDelete(DbDeleteReq),
+    /// Client → router: every row of every shard one server holds (`/read/<server>`).
+    DbReadServer(DbReadServerReq),
+    /// Client → router: an admin endpoint with the contract's JSON body (`/init`, `/status`,
+    /// `/add`, `/rm`, `/primary_elect`).
+    DbAdmin(DbAdminReq),
 }
 
 impl Request {
@@ -95,6 +111,13 @@ impl Request {
             Request::Append(_) => "append",
             Request::Snapshot(_) => "snapshot",
             Request::ReplicaStatus(_) => "replica_status",
+            Request::Forward(_) => "forward",
+            Request::DbRead(_) => "db_read",
+            Request::DbWrite(_) => "db_write",
+            Request::DbUpdate(_) => "db_update",
+            Request::DbDelete(_) => "db_delete",
+            Request::DbReadServer(_) => "db_read_server",
+            Request::DbAdmin(_) => "db_admin",
         }
     }
 }
@@ -128,6 +151,99 @@ pub struct ReadReq {
     /// saw for the shard), so a read never returns older data than the caller already saw;
     /// 0 for no condition.
     pub min_lsn: Lsn,
+    /// `Linearizable`: answer only as the shard's primary while it holds its lease.
+    pub consistency: Consistency,
+}
+
+/// How fresh a read must be.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Never older than anything the router already acknowledged or returned (any replica
+    /// that has applied the router's LSN floor may answer).
+    #[default]
+    Default,
+    /// Never older than any write acknowledged by anyone before the read began: the
+    /// primary answers, and only while a majority of the replica set has recently confirmed
+    /// it is still the primary (its lease).
+    Linearizable,
+}
+
+/// A request routed to a node's HTTP handler over the binary protocol.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ForwardReq {
+    /// The HTTP method (`GET`, `POST`, ...).
+    pub method: String,
+    /// Path and query, as the client sent them (`/home`).
+    pub path: String,
+    /// The request body (usually empty).
+    pub body: Vec<u8>,
+}
+
+/// `/read` through a router.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct DbReadReq {
+    /// Smallest key wanted.
+    pub low: i64,
+    /// Largest key wanted (inclusive).
+    pub high: i64,
+    /// How fresh the answer must be.
+    pub consistency: Consistency,
+}
+
+/// `/write` through a router: rows in schema column order; every row is checked against
+/// the schema and ShardT before anything is written.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct DbWriteReq {
+    /// Rows to add; none of their keys may exist yet.
+    pub rows: Vec<Row>,
+}
+
+/// `/update` through a router.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct DbUpdateReq {
+    /// Key of the row to replace; must equal `row.key`.
+    pub key: i64,
+    /// The new row.
+    pub row: Row,
+}
+
+/// `/del` through a router.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct DbDeleteReq {
+    /// Key of the row to remove.
+    pub key: i64,
+}
+
+/// `/read/<server>` through a router.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct DbReadServerReq {
+    /// The server's name.
+    pub server: String,
+}
+
+/// The admin endpoints of the database, answered by the shard manager.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminOp {
+    /// `POST /init`.
+    Init,
+    /// `GET /status`.
+    Status,
+    /// `POST /add` with `servers` as an object (the database form).
+    Add,
+    /// `DELETE /rm` with `servers` (the database form).
+    Remove,
+    /// `GET /primary_elect`.
+    PrimaryElect,
+}
+
+/// An admin endpoint through a router, with the contract's JSON body (`"{}"` when it has
+/// none).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct DbAdminReq {
+    /// Which endpoint.
+    pub op: AdminOp,
+    /// Its JSON body as text.
+    pub body: String,
 }
 
 /// Add rows to one shard; all or nothing.
@@ -396,6 +512,33 @@ pub enum Response {
     },
     /// Answer to [`Request::Promote`], [`Request::Follow`] and [`Request::ReplicaStatus`].
     Replica(ReplicaInfo),
+    /// Answer to [`Request::Forward`]: the HTTP status and JSON body the shim would send.
+    Forwarded {
+        /// HTTP status code.
+        status: u16,
+        /// The JSON body.
+        body: Vec<u8>,
+    },
+    /// Answer to [`Request::DbRead`].
+    DbRows {
+        /// Shards that met the range, in key order.
+        shards_queried: Vec<ShardId>,
+        /// Matching rows in key order.
+        rows: Vec<Row>,
+    },
+    /// Answer to [`Request::DbWrite`].
+    DbWritten {
+        /// Rows added.
+        count: u64,
+    },
+    /// Answer to [`Request::DbAdmin`]: the status and JSON body of the HTTP endpoint (an
+    /// admin endpoint's error is an answer too, with its 4xx status).
+    Json {
+        /// HTTP status code.
+        status: u16,
+        /// The JSON body as text.
+        body: String,
+    },
 }
 
 /// What kind of failure an [`ErrorBody`] reports; decides the HTTP status.

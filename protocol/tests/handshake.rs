@@ -1,7 +1,7 @@
 //! Handshakes over an in-memory duplex pipe.
 
 use futures::{SinkExt, StreamExt};
-use protocol::handshake::{Hello, HelloReply, MAGIC};
+use protocol::handshake::{Hello, HelloReply, MAGIC, PROTOCOL_VERSION};
 use protocol::{client_handshake, framed, server_handshake, wire, Error, Request, RequestFrame};
 
 #[tokio::test]
@@ -38,9 +38,12 @@ async fn raw_client(hello: Hello) -> (HelloReply, protocol::Result<Hello>) {
 
 #[tokio::test]
 async fn another_version_is_refused_with_a_clear_message_on_both_sides() {
-    let (reply, server) = raw_client(Hello { version: 2, ..Hello::new("new-client") }).await;
-    let expected = "protocol version 2 not supported; this server speaks version 1";
-    assert_eq!(reply, HelloReply::Err { message: expected.to_string() });
+    let newer = PROTOCOL_VERSION + 1;
+    let (reply, server) = raw_client(Hello { version: newer, ..Hello::new("new-client") }).await;
+    let expected = format!(
+        "protocol version {newer} not supported; this server speaks version {PROTOCOL_VERSION}"
+    );
+    assert_eq!(reply, HelloReply::Err { message: expected.clone() });
     match server {
         Err(Error::Handshake(m)) => assert_eq!(m, expected),
         other => panic!("expected a handshake error, got {other:?}"),

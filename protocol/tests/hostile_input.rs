@@ -7,7 +7,7 @@ use common::*;
 use proptest::prelude::*;
 use protocol::handshake::{Hello, HelloReply};
 use protocol::wire::{self, MAX_DECODE_LEN};
-use protocol::{Error, ReadReq, Request, RequestFrame, ResponseFrame};
+use protocol::{Consistency, Error, ReadReq, Request, RequestFrame, ResponseFrame};
 
 proptest! {
     #[test]
@@ -72,17 +72,24 @@ proptest! {
 fn golden_read_request() {
     let frame = RequestFrame {
         id: 0,
-        body: Request::Read(ReadReq { shard: "ab".into(), low: 0, high: 0, min_lsn: 0 }),
+        body: Request::Read(ReadReq {
+            shard: "ab".into(),
+            low: 0,
+            high: 0,
+            min_lsn: 0,
+            consistency: Consistency::Linearizable,
+        }),
     };
     // id=0 | variant 4 (Read) | shard len 2 | "ab" | low 0 | high 0 (zig-zag varints) | min_lsn 0
-    assert_eq!(&wire::encode(&frame).unwrap()[..], &[0, 4, 2, b'a', b'b', 0, 0, 0]);
+    // | consistency variant 1
+    assert_eq!(&wire::encode(&frame).unwrap()[..], &[0, 4, 2, b'a', b'b', 0, 0, 0, 1]);
 }
 
 /// `[id 0 | Read | shard length (u64 varint, marker 253) | ...]` with the given length.
 fn read_request_with_shard_len(len: u64) -> Vec<u8> {
     let mut bytes = vec![0, 4, 253];
     bytes.extend_from_slice(&len.to_le_bytes());
-    bytes.extend_from_slice(b"ab\0\0\0");
+    bytes.extend_from_slice(b"ab\0\0\0\0");
     bytes
 }
 

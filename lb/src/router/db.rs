@@ -218,6 +218,7 @@ pub(super) async fn read_server(router: &Router, name: &str) -> Result<HttpRespo
                 low: i64::MIN,
                 high: i64::MAX,
                 min_lsn: router.shard_lsn(id),
+                consistency: protocol::Consistency::Default,
             });
             match router.call_node(addr, req, SERVER_READ_TIMEOUT).await {
                 Ok(Response::Read { rows, applied_lsn }) => {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use client::{CallError, Connection};
-use protocol::{ErrorBody, ErrorKind, ReadReq, Request, Response, Row};
+use protocol::{Consistency, ErrorBody, ErrorKind, ReadReq, Request, Response, Row};
 use tokio::time::Instant;
 
 use super::Router;
@@ -159,6 +159,11 @@ impl Router {
                     low,
                     high,
                     min_lsn: self.shard_lsn(shard),
+                    consistency: if linearizable {
+                        Consistency::Linearizable
+                    } else {
+                        Consistency::Default
+                    },
                 });
                 match self.call_node(addr, req, limit).await {
                     Ok(Response::Read { rows, applied_lsn }) => {

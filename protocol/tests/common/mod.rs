@@ -51,8 +51,14 @@ pub fn request() -> impl Strategy<Value = Request> {
         (schema(), vec(shard_spec(), 0..4))
             .prop_map(|(schema, shards)| Request::Config(ConfigReq { schema, shards })),
         vec(shard_id(), 0..4).prop_map(|shards| Request::Copy(CopyReq { shards })),
-        (shard_id(), any::<i64>(), any::<i64>(), any::<u64>()).prop_map(
-            |(shard, low, high, min_lsn)| Request::Read(ReadReq { shard, low, high, min_lsn })
+        (shard_id(), any::<i64>(), any::<i64>(), any::<u64>(), consistency()).prop_map(
+            |(shard, low, high, min_lsn, consistency)| Request::Read(ReadReq {
+                shard,
+                low,
+                high,
+                min_lsn,
+                consistency
+            })
         ),
         (shard_id(), option::of(any::<u64>()), rows())
             .prop_map(|(shard, curr_idx, rows)| Request::Write(WriteReq { shard, curr_idx, rows })),
@@ -119,6 +125,33 @@ pub fn request() -> impl Strategy<Value = Request> {
                 })
             }),
         shard_id().prop_map(|shard| Request::ReplicaStatus(ReplicaStatusReq { shard })),
+        ("(GET|POST|PUT|DELETE)", "/[a-z/]{0,12}", vec(any::<u8>(), 0..16))
+            .prop_map(|(method, path, body)| Request::Forward(ForwardReq { method, path, body })),
+        (any::<i64>(), any::<i64>(), consistency())
+            .prop_map(|(low, high, consistency)| Request::DbRead(DbReadReq {
+                low,
+                high,
+                consistency
+            })),
+        rows().prop_map(|rows| Request::DbWrite(DbWriteReq { rows })),
+        (any::<i64>(), row()).prop_map(|(key, row)| Request::DbUpdate(DbUpdateReq { key, row })),
+        any::<i64>().prop_map(|key| Request::DbDelete(DbDeleteReq { key })),
+        "Server[0-9]{1,6}".prop_map(|server| Request::DbReadServer(DbReadServerReq { server })),
+        (admin_op(), ".{0,20}").prop_map(|(op, body)| Request::DbAdmin(DbAdminReq { op, body })),
+    ]
+}
+
+pub fn consistency() -> impl Strategy<Value = Consistency> {
+    prop_oneof![Just(Consistency::Default), Just(Consistency::Linearizable)]
+}
+
+pub fn admin_op() -> impl Strategy<Value = AdminOp> {
+    prop_oneof![
+        Just(AdminOp::Init),
+        Just(AdminOp::Status),
+        Just(AdminOp::Add),
+        Just(AdminOp::Remove),
+        Just(AdminOp::PrimaryElect),
     ]
 }
 
@@ -191,6 +224,12 @@ pub fn response() -> impl Strategy<Value = Response> {
                     })
                 }
             ),
+        (any::<u16>(), vec(any::<u8>(), 0..16))
+            .prop_map(|(status, body)| Response::Forwarded { status, body }),
+        (vec(shard_id(), 0..4), rows())
+            .prop_map(|(shards_queried, rows)| Response::DbRows { shards_queried, rows }),
+        any::<u64>().prop_map(|count| Response::DbWritten { count }),
+        (any::<u16>(), ".{0,20}").prop_map(|(status, body)| Response::Json { status, body }),
     ]
 }
 
@@ -237,11 +276,18 @@ pub fn request_variant(r: &Request) -> usize {
         Request::Append(_) => 11,
         Request::Snapshot(_) => 12,
         Request::ReplicaStatus(_) => 13,
+        Request::Forward(_) => 14,
+        Request::DbRead(_) => 15,
+        Request::DbWrite(_) => 16,
+        Request::DbUpdate(_) => 17,
+        Request::DbDelete(_) => 18,
+        Request::DbReadServer(_) => 19,
+        Request::DbAdmin(_) => 20,
     }
 }
 
 /// Number of request variants known to [`request_variant`].
-pub const REQUEST_VARIANTS: usize = 14;
+pub const REQUEST_VARIANTS: usize = 21;
 
 /// Position of a response's variant (see [`request_variant`]).
 pub fn response_variant(r: &Response) -> usize {
@@ -259,8 +305,12 @@ pub fn response_variant(r: &Response) -> usize {
         Response::AppendMismatch { .. } => 10,
         Response::SnapshotTaken { .. } => 11,
         Response::Replica(_) => 12,
+        Response::Forwarded { .. } => 13,
+        Response::DbRows { .. } => 14,
+        Response::DbWritten { .. } => 15,
+        Response::Json { .. } => 16,
     }
 }
 
 /// Number of response variants known to [`response_variant`].
-pub const RESPONSE_VARIANTS: usize = 13;
+pub const RESPONSE_VARIANTS: usize = 17;
