@@ -19,6 +19,7 @@
 mod binary;
 mod error;
 mod http;
+mod lease;
 mod node;
 mod replication;
 mod server;

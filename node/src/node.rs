@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use protocol::{
-    ConfigReq, CopyReq, DeleteReq, ErrorBody, ReadReq, Request, Response, Schema, ShardId,
-    UpdateReq, WriteReq,
+    ConfigReq, Consistency, CopyReq, DeleteReq, ErrorBody, ReadReq, Request, Response, Schema,
+    ShardId, UpdateReq, WriteReq,
 };
 
 use crate::error::{Error, Result};
@@ -190,6 +190,10 @@ impl Node {
             )));
         }
         let shard = self.shard(&r.shard)?;
+        if r.consistency == Consistency::Linearizable {
+            let (rows, applied_lsn) = shard.read_linearizable(r.low, r.high).await?;
+            return Ok(Response::Read { rows, applied_lsn });
+        }
         if r.min_lsn > 0 {
             shard.wait_visible(r.min_lsn, READ_WAIT).await?;
         }

@@ -48,6 +48,11 @@ impl Shard {
             return Err(stale(&core.id, st.meta.epoch, req.epoch));
         }
         let already = req.epoch == st.meta.epoch && matches!(st.meta.role, Role::Primary { .. });
+        // Another primary may hold a lease unless this one led the epoch just before (one
+        // primary per epoch) or there was none before it.
+        let succeeds_itself =
+            matches!(st.meta.role, Role::Primary { .. }) && st.meta.epoch + 1 == req.epoch;
+        let fenced = !already && !succeeds_itself && req.epoch > 1;
         let mut meta = st.meta.clone();
         meta.epoch = req.epoch;
         meta.role = Role::Primary {
@@ -66,6 +71,9 @@ impl Shard {
             let lsn = core.append_local(&mut st, Change::Barrier)?;
             debug_assert_eq!(lsn, st.meta.barrier_lsn);
             appended = Some(lsn);
+        }
+        if !already {
+            st.lease.restart(req.epoch, fenced);
         }
         // (Re)start one sender per peer; acknowledgements from before do not carry over.
         if let Some(c) = st.senders.take() {
@@ -450,7 +458,13 @@ async fn run_sender(core: Arc<Core>, peer: Replica, epoch: Epoch, cancel: Cancel
             records,
             commit_lsn: commit,
         });
-        match c.call_with_timeout(req, Some(PEER_CALL_TIMEOUT)).await {
+        let sent_at = std::time::Instant::now();
+        let answer = c.call_with_timeout(req, Some(PEER_CALL_TIMEOUT)).await;
+        if let Ok(Response::Appended { .. } | Response::AppendMismatch { .. }) = &answer {
+            // It had not adopted a newer epoch when we sent this: the lease may move.
+            core.lease_ack(&peer.name, epoch, sent_at);
+        }
+        match answer {
             Ok(Response::Appended { match_lsn }) => {
                 told_commit = commit;
                 next = match_lsn.max(sent_to) + 1;

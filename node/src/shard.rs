@@ -190,6 +190,8 @@ pub(crate) struct Core {
     pub durable: watch::Sender<Lsn>,
     /// Bumped when there is something new for the replication senders (records, commit).
     pub tick: watch::Sender<u64>,
+    /// Bumped when a peer answers the primary (the lease may have moved).
+    pub lease_tick: watch::Sender<u64>,
     pub wake: Mutex<Wake>,
     wake_cond: Condvar,
     opts: ShardOptions,
@@ -230,6 +232,8 @@ pub(crate) struct State {
     pub primary_commit: Lsn,
     pub incoming: Option<IncomingSnapshot>,
     pub generation: u64,
+    /// As primary: the lease behind linearizable reads (see `lease.rs`).
+    pub lease: crate::lease::Lease,
 }
 
 impl State {
@@ -426,6 +430,7 @@ impl Shard {
             primary_commit: 0,
             incoming: None,
             generation: 0,
+            lease: Default::default(),
         };
         st.visible_count = st.rows.len() as u64;
         if wal.last().0 >= wal.first_lsn() {
@@ -468,6 +473,7 @@ impl Shard {
             .0,
             durable: watch::channel(durable).0,
             tick: watch::channel(0).0,
+            lease_tick: watch::channel(0).0,
             wake: Mutex::new(Wake { appended: durable, stop: false }),
             wake_cond: Condvar::new(),
             opts,
@@ -579,6 +585,8 @@ impl Shard {
             .map_err(|_| ErrorBody::unavailable("the shard is shutting down"))?
             .clone();
         if p.applied >= lsn {
+            // A new primary answers nothing before an older one's lease is surely over.
+            self.wait_fence().await;
             return Ok(());
         }
         if let Some(why) = p.failed {

@@ -524,3 +524,120 @@ async fn a_read_with_min_lsn_never_returns_older_data_than_the_caller_saw() {
         other => panic!("{other:?}"),
     }
 }
+
+async fn read_lin(n: &TestNode, low: i64, high: i64) -> Result<Response, CallError> {
+    n.call(Request::Read(protocol::ReadReq {
+        shard: SHARD.into(),
+        low,
+        high,
+        min_lsn: 0,
+        consistency: protocol::Consistency::Linearizable,
+    }))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linearizable_reads_need_the_primary_and_a_majority() {
+    let mut nodes = cluster(3, ShardOptions::default()).await;
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    let p = elect(&all, &all, &[], 1).await;
+    let conn = nodes[p].conn().await;
+    assert!(matches!(write(&conn, 1..2).await, Ok(Response::Written { .. })));
+    // The primary answers with everything acknowledged so far.
+    match read_lin(&nodes[p], 0, 10).await {
+        Ok(Response::Read { rows, .. }) => assert_eq!(rows, vec![row(1)]),
+        other => panic!("{other:?}"),
+    }
+    // A secondary refuses and names the primary.
+    let s = (p + 1) % 3;
+    match read_lin(&nodes[s], 0, 10).await {
+        Err(CallError::Remote(e)) => assert_eq!(
+            e.kind,
+            ErrorKind::NotPrimary { primary: Some(nodes[p].name.clone()) },
+            "{e:?}"
+        ),
+        other => panic!("a secondary answered a linearizable read: {other:?}"),
+    }
+    // One secondary down: a majority remains, reads go on.
+    nodes[s].stop().await;
+    match read_lin(&nodes[p], 0, 10).await {
+        Ok(Response::Read { rows, .. }) => assert_eq!(rows, vec![row(1)]),
+        other => panic!("{other:?}"),
+    }
+    // Both down: the primary cannot confirm it still leads; a clear error, not an answer.
+    let t = (p + 2) % 3;
+    nodes[t].stop().await;
+    let started = Instant::now();
+    let mut refused = None;
+    while started.elapsed() < Duration::from_secs(10) {
+        match read_lin(&nodes[p], 0, 10).await {
+            Ok(Response::Read { .. }) => {} // the lease from before may still run
+            Err(CallError::Remote(e)) => {
+                refused = Some(e);
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let e = refused.expect("a primary without a majority kept answering linearizable reads");
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e:?}");
+    // Back to a majority: reads answer again.
+    nodes[s].restart().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match read_lin(&nodes[p], 0, 10).await {
+            Ok(Response::Read { rows, .. }) => {
+                assert_eq!(rows, vec![row(1)]);
+                break;
+            }
+            Err(CallError::Remote(e)) if e.kind == ErrorKind::Unavailable => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(Instant::now() < deadline, "reads did not come back with a majority");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_primary_never_serves_a_linearizable_read_older_than_an_acknowledged_write() {
+    let nodes = cluster(3, ShardOptions::default()).await;
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    let p = elect(&all, &all, &[], 1).await;
+    let old = nodes[p].conn().await;
+    assert!(matches!(write(&old, 0..1).await, Ok(Response::Written { .. })));
+    // Make sure the old primary holds a fresh lease when it is deposed.
+    assert!(matches!(read_lin(&nodes[p], 0, 10).await, Ok(Response::Read { .. })));
+    // The other two elect a primary of epoch 2 that does not count the old one.
+    let others: Vec<&TestNode> =
+        nodes.iter().enumerate().filter(|(i, _)| *i != p).map(|(_, n)| n).collect();
+    let q = elect(&others, &others, &[], 2).await;
+    let new = others[q].conn().await;
+    assert!(matches!(write(&new, 5..6).await, Ok(Response::Written { .. })));
+    // From the moment that write was acknowledged, the old primary must not answer a
+    // linearizable read without it.
+    for _ in 0..20 {
+        match read_lin(&nodes[p], 0, 10).await {
+            Ok(Response::Read { rows, .. }) => {
+                assert!(
+                    rows.contains(&row(5)),
+                    "stale linearizable read at a deposed primary: {rows:?}"
+                )
+            }
+            Err(CallError::Remote(e)) => assert!(
+                matches!(
+                    e.kind,
+                    ErrorKind::Unavailable
+                        | ErrorKind::NotPrimary { .. }
+                        | ErrorKind::StaleEpoch { .. }
+                ),
+                "{e:?}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+    // The new primary answers with both rows.
+    match read_lin(others[q], 0, 10).await {
+        Ok(Response::Read { rows, .. }) => assert_eq!(rows, vec![row(0), row(5)]),
+        other => panic!("{other:?}"),
+    }
+}
