@@ -244,6 +244,7 @@ async fn phases(
                 low,
                 high: low + span - 1,
                 min_lsn: 0,
+                consistency: protocol::Consistency::Default,
             }))
         },
         binary,

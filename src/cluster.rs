@@ -54,6 +54,10 @@ pub struct RouterArgs {
     /// Address of the balancer's HTTP endpoint.
     #[arg(long, default_value = "127.0.0.1:5000")]
     pub http: SocketAddr,
+    /// Address of the router's binary protocol door (the Rust client's); default: the
+    /// --http address with port + 2 (5002), or a free port when --http's port is 0.
+    #[arg(long)]
+    pub binary: Option<SocketAddr>,
     /// Request -> replica mapping (see --help).
     #[arg(long, default_value = "assignment", long_help = HASH_HELP)]
     pub hash: RingKind,
@@ -177,10 +181,42 @@ async fn start_manager(
     Ok(Some(RunningManager { manager, cancel, server }))
 }
 
-/// Runs the router on `http` until `shutdown`, once it has its first membership.
+/// The router's listeners: HTTP and the binary door.
+struct RouterListeners {
+    http: TcpListener,
+    binary: TcpListener,
+}
+
+impl RouterListeners {
+    async fn bind(args: &RouterArgs) -> Result<RouterListeners, String> {
+        let http = bind(args.http, "HTTP").await?;
+        let binary_addr = match args.binary {
+            Some(a) => a,
+            None if args.http.port() == 0 => SocketAddr::new(args.http.ip(), 0),
+            None => {
+                let port = args.http.port().checked_add(2).ok_or_else(|| {
+                    format!(
+                        "--http port {} leaves no default for --binary; give --binary",
+                        args.http.port()
+                    )
+                })?;
+                SocketAddr::new(args.http.ip(), port)
+            }
+        };
+        let binary = bind(binary_addr, "the binary protocol (--binary)").await?;
+        Ok(RouterListeners { http, binary })
+    }
+
+    /// `http=ADDR binary=ADDR` for the banner.
+    fn describe(&self) -> String {
+        format!("http={} binary={}", local(&self.http), local(&self.binary))
+    }
+}
+
+/// Runs the router on its listeners until `shutdown`, once it has its first membership.
 async fn run_router(
     cfg: RouterConfig,
-    http: TcpListener,
+    listeners: RouterListeners,
     shutdown: &mut (impl Future<Output = ()> + Unpin),
     banner: impl FnOnce(&Router) -> String,
 ) -> Result<(), String> {
@@ -198,7 +234,15 @@ async fn run_router(
     }
     // One machine-readable line on stdout, for scripts and tests that use port 0.
     let _ = writeln!(std::io::stdout(), "{}", banner(&router));
-    lb::router::serve(http, router.clone(), shutdown).await;
+    let stop_binary = CancellationToken::new();
+    let binary = tokio::spawn(lb::router::serve_binary(
+        listeners.binary,
+        router.clone(),
+        stop_binary.clone(),
+    ));
+    lb::router::serve(listeners.http, router.clone(), shutdown).await;
+    stop_binary.cancel();
+    let _ = binary.await;
     router.stop();
     Ok(())
 }
@@ -218,18 +262,18 @@ pub async fn up(args: UpArgs, shutdown: impl Future<Output = ()>) -> Result<(), 
     let router_args = args.router.clone();
     // Bind both first: a port in use fails before any replica starts.
     let control = bind(args.manager.listen, "the shard manager").await?;
-    let http = bind(router_args.http, "HTTP").await?;
+    let listeners = RouterListeners::bind(&router_args).await?;
     let control_addr = local(&control);
     let Some(running) = start_manager(&args.manager, control, &mut shutdown).await? else {
         return Ok(());
     };
     let cfg = router_config(control_addr.clone(), &router_args);
-    let http_addr = local(&http);
+    let addrs = listeners.describe();
     let result = match cfg {
         Ok(cfg) => {
-            run_router(cfg, http, &mut shutdown, |r| {
+            run_router(cfg, listeners, &mut shutdown, |r| {
                 format!(
-                    "shardgate up listening http={http_addr} manager={control_addr} servers={}",
+                    "shardgate up listening {addrs} manager={control_addr} servers={}",
                     r.membership().members.len()
                 )
             })
@@ -263,12 +307,12 @@ pub async fn manager(args: ManagerArgs, shutdown: impl Future<Output = ()>) -> R
 /// `shardgate lb`: a router alone, against a running manager.
 pub async fn lb(args: LbArgs, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     tokio::pin!(shutdown);
-    let http = bind(args.router.http, "HTTP").await?;
-    let http_addr = local(&http);
+    let listeners = RouterListeners::bind(&args.router).await?;
+    let addrs = listeners.describe();
     let cfg = router_config(args.manager.clone(), &args.router)?;
     let manager = args.manager.clone();
-    run_router(cfg, http, &mut shutdown, |_| {
-        format!("shardgate lb listening http={http_addr} manager={manager}")
+    run_router(cfg, listeners, &mut shutdown, |_| {
+        format!("shardgate lb listening {addrs} manager={manager}")
     })
     .await
 }

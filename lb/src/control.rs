@@ -116,20 +116,9 @@ pub enum ControlRequest {
     },
 }
 
-/// The database admin endpoints the manager serves through routers.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DbOp {
-    /// `POST /init`.
-    Init,
-    /// `GET /status`.
-    Status,
-    /// `POST /add` with `servers` as an object (the database form).
-    Add,
-    /// `DELETE /rm` with `servers` (the database form).
-    Remove,
-    /// `GET /primary_elect`.
-    PrimaryElect,
-}
+/// The database admin endpoints the manager serves through routers (the same list clients
+/// name on a router's binary door).
+pub use protocol::AdminOp as DbOp;
 
 /// What a router needs to route data: the catalog and where each server is.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

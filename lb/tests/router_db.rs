@@ -323,7 +323,7 @@ async fn admin_endpoints_reach_the_manager_as_they_are() {
     assert_eq!(got, (200, format!("{{ \"op\" : \"{op}\",  \"bytes\" : {} }}", body.len())));
     assert_eq!(
         h.raw("GET", "/status", b"").await,
-        (200, "{ \"op\" : \"Status\",  \"bytes\" : 0 }".into())
+        (200, format!("{{ \"op\" : \"Status\",  \"bytes\" : 0, {STATUS_SCHEMA} }}"))
     );
     let add = br#"{"n": 2, "servers": {"Server4": ["sh3"], "Server[5]": ["sh2"]}}"#;
     assert_eq!(h.raw("POST", "/add", add).await.0, 200);
@@ -381,7 +381,7 @@ async fn before_init_data_endpoints_refuse_until_the_catalog_arrives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_routers_on_one_manager() {
     let c = Cluster::start().await;
-    let (_other, other_http, _stop) = start_router(&c.fake, |_| {}).await;
+    let (_other, other_http, _other_binary, _stop) = start_router(&c.fake, |_| {}).await;
     let mut a = c.http().await;
     let mut b = Http::connect(other_http).await;
     for i in 0..50i64 {

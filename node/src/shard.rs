@@ -40,9 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use protocol::{
-    DType, Epoch, ErrorBody, Lsn, Quorum, ReplicaInfo, Role, Row, Schema, ShardId, ShardSpec, Value,
-};
+use protocol::{Epoch, ErrorBody, Lsn, Quorum, ReplicaInfo, Role, Row, Schema, ShardId, ShardSpec};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -257,7 +255,7 @@ impl State {
     }
 
     fn check_row(&self, row: &Row) -> std::result::Result<(), ErrorBody> {
-        check_row_shape(&self.meta.schema, row)?;
+        self.meta.schema.check_row(row)?;
         self.check_range(row.key)
     }
 
@@ -311,56 +309,6 @@ impl State {
             None => last,
         }
     }
-}
-
-/// Checks that a row from the binary protocol fits the schema (JSON rows are checked when
-/// parsed): one value per column, Number columns hold numbers or digit strings, and the key
-/// column holds the row's key.
-fn check_row_shape(schema: &Schema, row: &Row) -> std::result::Result<(), ErrorBody> {
-    if row.values.len() != schema.columns.len() {
-        return Err(ErrorBody::bad_request(format!(
-            "row with Stud_id {} has {} values but the schema has {} columns",
-            row.key,
-            row.values.len(),
-            schema.columns.len()
-        )));
-    }
-    for ((col, dtype), v) in schema.columns.iter().zip(&schema.dtypes).zip(&row.values) {
-        if let Value::Float(f) = v {
-            if !f.is_finite() {
-                return Err(ErrorBody::bad_request(format!(
-                    "field '{col}' must be a finite number"
-                )));
-            }
-        }
-        if let (DType::Number, Value::Str(s)) = (dtype, v) {
-            if protocol::json::parse_key(&serde_json::Value::String(s.clone())).is_none() {
-                return Err(ErrorBody::bad_request(format!("field '{col}' must be a number")));
-            }
-        }
-        if col == protocol::KEY_COLUMN {
-            let key = match v {
-                Value::Int(i) => Some(*i),
-                // Only a float that names an i64 exactly ([-2^63, 2^63), no fraction).
-                Value::Float(f)
-                    if f.fract() == 0.0
-                        && *f >= -9.223_372_036_854_776e18
-                        && *f < 9.223_372_036_854_776e18 =>
-                {
-                    Some(*f as i64)
-                }
-                Value::Str(s) => s.parse().ok(),
-                _ => None,
-            };
-            if key != Some(row.key) {
-                return Err(ErrorBody::bad_request(format!(
-                    "field 'Stud_id' does not match the row key {}",
-                    row.key
-                )));
-            }
-        }
-    }
-    Ok(())
 }
 
 impl Shard {

@@ -23,6 +23,7 @@ pub mod error;
 pub mod handshake;
 pub mod json;
 pub mod message;
+pub mod server;
 pub mod types;
 pub mod wire;
 

@@ -120,6 +120,58 @@ impl Schema {
         }
     }
 
+    /// Checks that a row from the binary protocol fits the schema (JSON rows are checked when
+    /// parsed): one value per column, Number columns hold numbers or digit strings, and the key
+    /// column holds the row's key.
+    pub fn check_row(&self, row: &Row) -> std::result::Result<(), crate::ErrorBody> {
+        if row.values.len() != self.columns.len() {
+            return Err(crate::ErrorBody::bad_request(format!(
+                "row with Stud_id {} has {} values but the schema has {} columns",
+                row.key,
+                row.values.len(),
+                self.columns.len()
+            )));
+        }
+        for ((col, dtype), v) in self.columns.iter().zip(&self.dtypes).zip(&row.values) {
+            if let Value::Float(f) = v {
+                if !f.is_finite() {
+                    return Err(crate::ErrorBody::bad_request(format!(
+                        "field '{col}' must be a finite number"
+                    )));
+                }
+            }
+            if let (DType::Number, Value::Str(s)) = (dtype, v) {
+                if crate::json::parse_key(&serde_json::Value::String(s.clone())).is_none() {
+                    return Err(crate::ErrorBody::bad_request(format!(
+                        "field '{col}' must be a number"
+                    )));
+                }
+            }
+            if col == KEY_COLUMN {
+                let key = match v {
+                    Value::Int(i) => Some(*i),
+                    // Only a float that names an i64 exactly ([-2^63, 2^63), no fraction).
+                    Value::Float(f)
+                        if f.fract() == 0.0
+                            && *f >= -9.223_372_036_854_776e18
+                            && *f < 9.223_372_036_854_776e18 =>
+                    {
+                        Some(*f as i64)
+                    }
+                    Value::Str(s) => s.parse().ok(),
+                    _ => None,
+                };
+                if key != Some(row.key) {
+                    return Err(crate::ErrorBody::bad_request(format!(
+                        "field 'Stud_id' does not match the row key {}",
+                        row.key
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Position of [`KEY_COLUMN`] among the columns; `None` only for a schema that fails
     /// [`Schema::validate`].
     pub fn key_index(&self) -> Option<usize> {

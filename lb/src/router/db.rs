@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashSet};
 use hyper::StatusCode;
 use protocol::json::{key_field, row_from_json, rows_from_json, rows_to_json};
 use protocol::{
-    DeleteReq, ErrorBody, ErrorKind, ReadReq, Request, Response, Row, UpdateReq, WriteReq,
+    DeleteReq, ErrorBody, ErrorKind, Lsn, ReadReq, Request, Response, Row, UpdateReq, WriteReq,
 };
 use serde_json::{json, Value as Json};
 
@@ -57,6 +57,21 @@ pub(super) async fn admin(
 ) -> Result<HttpResponse, ErrorBody> {
     let body = String::from_utf8(body.to_vec())
         .map_err(|_| ErrorBody::bad_request("request body is not UTF-8 text"))?;
+    let (status, body) = admin_call(router, op, body).await?;
+    let status = StatusCode::from_u16(status).map_err(|_| {
+        ErrorBody::internal(format!("the shard manager answered {op:?} with status {status}"))
+    })?;
+    Ok(super::http::raw_json_response(status, body.into_bytes()))
+}
+
+/// An admin endpoint at the manager: its HTTP status and JSON body. A successful change is
+/// fetched into the routing table before this returns, so the caller's next request already
+/// routes by it.
+pub(super) async fn admin_call(
+    router: &Router,
+    op: DbOp,
+    body: String,
+) -> Result<(u16, String), ErrorBody> {
     let answer = router
         .db_admin
         .call(ControlRequest::DbAdmin { op, body }, router.cfg.admin_timeout)
@@ -66,15 +81,12 @@ pub(super) async fn admin(
             "the shard manager answered {op:?} with {answer:?}"
         )));
     };
-    let status = StatusCode::from_u16(status).map_err(|_| {
-        ErrorBody::internal(format!("the shard manager answered {op:?} with status {status}"))
-    })?;
-    if status.is_success() && op != DbOp::Status {
+    if (200..300).contains(&status) && op != DbOp::Status {
         if let Err(e) = router.fetch_catalog().await {
             tracing::warn!(error = %e.message, ?op, "cannot fetch the catalog after an admin call; the watch will bring it");
         }
     }
-    Ok(super::http::raw_json_response(status, body.into_bytes()))
+    Ok((status, body))
 }
 
 /// `POST /read` (and `GET /read` with a body): rows of every shard meeting the range, in
@@ -108,6 +120,23 @@ pub(super) async fn read(
             ))
         }
     };
+    let (queried, rows) = read_rows(router, &t, low, high, key, linearizable).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"shards_queried": queried, "data": rows_to_json(schema, &rows), "status": "success"}),
+    ))
+}
+
+/// Rows of every shard meeting `[low, high]` (`low <= high`), in Stud_id order, and the
+/// shards read.
+pub(super) async fn read_rows(
+    router: &Router,
+    t: &DbTable,
+    low: i64,
+    high: i64,
+    key: u64,
+    linearizable: bool,
+) -> Result<(Vec<String>, Vec<Row>), ErrorBody> {
     let shards = t.catalog().shards_in(low, high);
     let reads = shards.iter().map(|s| {
         let last = (s.low as i128 + s.size as i128 - 1).min(i64::MAX as i128) as i64;
@@ -118,11 +147,7 @@ pub(super) async fn read(
     for r in results {
         rows.extend(r?);
     }
-    let queried: Vec<&str> = shards.iter().map(|s| s.id.as_str()).collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"shards_queried": queried, "data": rows_to_json(schema, &rows), "status": "success"}),
-    ))
+    Ok((shards.iter().map(|s| s.id.clone()).collect(), rows))
 }
 
 /// `POST /write`: every row validated, then written by shard.
@@ -135,7 +160,22 @@ pub(super) async fn write(
     let schema = t.schema().expect("an initialized catalog has a schema");
     let body = protocol::json::object_body(body)?;
     let rows = rows_from_json(schema, field(&body, "data")?)?;
-    let groups = group_by_shard(&t, rows)?;
+    let total = write_rows(router, &t, rows, key).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"message": format!("{total} Data entries added"), "status": "success"}),
+    ))
+}
+
+/// Writes rows that fit the schema: grouped by shard, each group through its primary,
+/// groups in parallel; the number written.
+pub(super) async fn write_rows(
+    router: &Router,
+    t: &DbTable,
+    rows: Vec<Row>,
+    key: u64,
+) -> Result<u64, ErrorBody> {
+    let groups = group_by_shard(t, rows)?;
     let total: usize = groups.iter().map(|g| g.1.len()).sum();
     if groups.len() > 1 {
         precheck_absent(router, &groups, key).await?;
@@ -144,10 +184,7 @@ pub(super) async fn write(
         futures::future::join_all(groups.iter().map(|(s, rows)| write_group(router, s, rows, key)))
             .await;
     if results.iter().all(|r| r.result.is_ok()) {
-        return Ok(json_response(
-            StatusCode::OK,
-            &json!({"message": format!("{total} Data entries added"), "status": "success"}),
-        ));
+        return Ok(total as u64);
     }
     Err(partial_write_error(router, &groups, results).await)
 }
@@ -159,19 +196,30 @@ pub(super) async fn update(router: &Router, body: &[u8]) -> Result<HttpResponse,
     let body = protocol::json::object_body(body)?;
     let key = key_field(&body, "Stud_id")?;
     let row = row_from_json(schema, field(&body, "data")?)?;
+    update_row(router, &t, key, row).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"message": format!("Data entry for Stud_id: {key} updated"), "status": "success"}),
+    ))
+}
+
+/// Replaces the row `key` (a row that fits the schema) through its shard's primary.
+pub(super) async fn update_row(
+    router: &Router,
+    t: &DbTable,
+    key: i64,
+    row: Row,
+) -> Result<Lsn, ErrorBody> {
     if row.key != key {
         return Err(ErrorBody::bad_request(format!(
             "data.Stud_id ({}) differs from Stud_id ({key})",
             row.key
         )));
     }
-    let shard = shard_of(&t, key)?;
+    let shard = shard_of(t, key)?;
     let req = Request::Update(UpdateReq { shard: shard.clone(), key, row });
     match router.primary_call(&shard, req).await.result? {
-        Response::Updated { .. } => Ok(json_response(
-            StatusCode::OK,
-            &json!({"message": format!("Data entry for Stud_id: {key} updated"), "status": "success"}),
-        )),
+        Response::Updated { lsn, .. } => Ok(lsn),
         other => Err(unexpected("an update", &other)),
     }
 }
@@ -181,20 +229,25 @@ pub(super) async fn delete(router: &Router, body: &[u8]) -> Result<HttpResponse,
     let t = router.db_ready().await?;
     let body = protocol::json::object_body(body)?;
     let key = key_field(&body, "Stud_id")?;
-    let shard = shard_of(&t, key)?;
-    let out =
-        router.primary_call(&shard, Request::Delete(DeleteReq { shard: shard.clone(), key })).await;
-    match out.result {
-        Ok(Response::Deleted { .. }) => {}
-        // An earlier attempt that broke off after sending removed it.
-        Err(e) if out.ambiguous && e.kind == ErrorKind::NotFound => {}
-        Ok(other) => return Err(unexpected("a delete", &other)),
-        Err(e) => return Err(e),
-    }
+    delete_row(router, &t, key).await?;
     Ok(json_response(
         StatusCode::OK,
         &json!({"message": format!("Data entry with Stud_id:{key} removed from all replicas"), "status": "success"}),
     ))
+}
+
+/// Removes the row `key` through its shard's primary.
+pub(super) async fn delete_row(router: &Router, t: &DbTable, key: i64) -> Result<Lsn, ErrorBody> {
+    let shard = shard_of(t, key)?;
+    let out =
+        router.primary_call(&shard, Request::Delete(DeleteReq { shard: shard.clone(), key })).await;
+    match out.result {
+        Ok(Response::Deleted { lsn, .. }) => Ok(lsn),
+        // An earlier attempt that broke off after sending removed it.
+        Err(e) if out.ambiguous && e.kind == ErrorKind::NotFound => Ok(router.shard_lsn(&shard)),
+        Ok(other) => Err(unexpected("a delete", &other)),
+        Err(e) => Err(e),
+    }
 }
 
 /// `GET /read/<server>`: every shard on that server, with all its rows as that server holds
@@ -203,43 +256,59 @@ pub(super) async fn delete(router: &Router, body: &[u8]) -> Result<HttpResponse,
 /// acknowledged or returned; a server still behind that after the node's wait is a 503.
 pub(super) async fn read_server(router: &Router, name: &str) -> Result<HttpResponse, ErrorBody> {
     let t = router.db_ready().await?;
+    let shards = server_rows(router, &t, name).await?;
+    let schema = t.schema().expect("an initialized catalog has a schema");
+    let mut out = serde_json::Map::new();
+    for (id, rows) in shards {
+        out.insert(id, rows_to_json(schema, &rows));
+    }
+    out.insert("status".into(), json!("success"));
+    Ok(json_response(StatusCode::OK, &Json::Object(out)))
+}
+
+/// Every shard of server `name` with all its rows as that server holds them (see
+/// [`read_server`]).
+pub(super) async fn server_rows(
+    router: &Router,
+    t: &DbTable,
+    name: &str,
+) -> Result<Vec<(String, Vec<Row>)>, ErrorBody> {
     let Some(shards) = t.catalog().shards_of(name) else {
         return Err(ErrorBody::not_found(format!("server {name} does not exist")));
     };
     let shards = shards.to_vec();
-    let mut out = serde_json::Map::new();
-    if !shards.is_empty() {
-        let Some(addr) = t.addr(name) else {
-            return Err(ErrorBody::unavailable(format!("server {name} has no usable address")));
-        };
-        let reads = shards.iter().map(|id| async move {
-            let req = Request::Read(ReadReq {
-                shard: id.clone(),
-                low: i64::MIN,
-                high: i64::MAX,
-                min_lsn: router.shard_lsn(id),
-                consistency: protocol::Consistency::Default,
-            });
-            match router.call_node(addr, req, SERVER_READ_TIMEOUT).await {
-                Ok(Response::Read { rows, applied_lsn }) => {
-                    router.raise_lsn(id, applied_lsn);
-                    Ok(rows)
-                }
-                Ok(other) => Err(unexpected("a read", &other)),
-                Err(e) => {
-                    let e = e.into_body(name);
-                    Err(ErrorBody::new(e.kind.clone(), format!("shard {id}: {}", bare(&e))))
-                }
-            }
-        });
-        let results = futures::future::join_all(reads).await;
-        let schema = t.schema().expect("an initialized catalog has a schema");
-        for (id, rows) in shards.iter().zip(results) {
-            out.insert(id.clone(), rows_to_json(schema, &rows?));
-        }
+    if shards.is_empty() {
+        return Ok(Vec::new());
     }
-    out.insert("status".into(), json!("success"));
-    Ok(json_response(StatusCode::OK, &Json::Object(out)))
+    let Some(addr) = t.addr(name) else {
+        return Err(ErrorBody::unavailable(format!("server {name} has no usable address")));
+    };
+    let reads = shards.iter().map(|id| async move {
+        let req = Request::Read(ReadReq {
+            shard: id.clone(),
+            low: i64::MIN,
+            high: i64::MAX,
+            min_lsn: router.shard_lsn(id),
+            consistency: protocol::Consistency::Default,
+        });
+        match router.call_node(addr, req, SERVER_READ_TIMEOUT).await {
+            Ok(Response::Read { rows, applied_lsn }) => {
+                router.raise_lsn(id, applied_lsn);
+                Ok(rows)
+            }
+            Ok(other) => Err(unexpected("a read", &other)),
+            Err(e) => {
+                let e = e.into_body(name);
+                Err(ErrorBody::new(e.kind.clone(), format!("shard {id}: {}", bare(&e))))
+            }
+        }
+    });
+    let results = futures::future::join_all(reads).await;
+    let mut out = Vec::with_capacity(shards.len());
+    for (id, rows) in shards.into_iter().zip(results) {
+        out.push((id, rows?));
+    }
+    Ok(out)
 }
 
 impl Router {

@@ -21,6 +21,7 @@
 //! - `db_table`: the catalog made routable (pure code).
 //! - `catalog_watch`: the long poll that keeps the database table current.
 
+mod binary;
 mod catalog_watch;
 mod db;
 mod db_calls;
@@ -43,6 +44,7 @@ use crate::control::{ControlClient, ControlRequest, ControlResponse, Membership}
 use crate::key::KeySource;
 use crate::ring::{build, Balancer, RingError, RingKind, ServerId};
 
+pub use binary::serve_binary;
 pub use http::{serve, MAX_HTTP_BODY_BYTES};
 
 /// Default limit on one forwarded request (one attempt at one replica).

@@ -111,8 +111,15 @@ pub fn fake_admin_answer(op: DbOp, body: &str) -> (u16, String) {
     if body.contains("\"fail\"") {
         return (400, r#"{"message": "<Error> refused by the fake", "status": "failure"}"#.into());
     }
+    if op == DbOp::Status {
+        // With the schema, as the real /status has it (the binary client reads it there).
+        return (200, format!("{{ \"op\" : \"Status\",  \"bytes\" : {}, {STATUS_SCHEMA} }}", body.len()));
+    }
     (200, format!("{{ \"op\" : \"{op:?}\",  \"bytes\" : {} }}", body.len()))
 }
+
+/// The schema part of the fake's `/status` answer.
+pub const STATUS_SCHEMA: &str = r#""schema": {"columns": ["Stud_id", "Stud_name", "Stud_marks"], "dtypes": ["Number", "String", "String"]}"#;
 
 impl FakeManager {
     pub async fn start(view: CatalogView) -> FakeManager {
@@ -227,6 +234,8 @@ pub struct Cluster {
     pub fake: FakeManager,
     pub router: Arc<Router>,
     pub http: SocketAddr,
+    /// The router's binary door (the Rust client's).
+    pub binary: SocketAddr,
     stop_http: Option<oneshot::Sender<()>>,
 }
 
@@ -298,9 +307,9 @@ impl Cluster {
             servers,
         };
         let fake = FakeManager::start(view).await;
-        let (router, http, stop_http) = start_router(&fake, tune).await;
+        let (router, http, binary, stop_http) = start_router(&fake, tune).await;
         cluster_nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        Cluster { nodes: cluster_nodes, fake, router, http, stop_http: Some(stop_http) }
+        Cluster { nodes: cluster_nodes, fake, router, http, binary, stop_http: Some(stop_http) }
     }
 
     pub fn node(&self, name: &str) -> &TestNode {
@@ -348,23 +357,29 @@ impl Drop for Cluster {
     }
 }
 
-/// Starts a router against `fake`, serving HTTP; returns it, its address, and its stop switch.
+/// Starts a router against `fake`, serving HTTP and its binary door; returns it, the two
+/// addresses, and the stop switch of both.
 pub async fn start_router(
     fake: &FakeManager,
     tune: impl FnOnce(&mut RouterConfig),
-) -> (Arc<Router>, SocketAddr, oneshot::Sender<()>) {
+) -> (Arc<Router>, SocketAddr, SocketAddr, oneshot::Sender<()>) {
     let mut cfg = RouterConfig::new(fake.addr.to_string());
     tune(&mut cfg);
     let router = Router::start(cfg).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = listener.local_addr().unwrap();
+    let binary_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let binary = binary_listener.local_addr().unwrap();
+    let stop_binary = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(lb::router::serve_binary(binary_listener, router.clone(), stop_binary.clone()));
     let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(lb::router::serve(listener, router.clone(), async {
+    tokio::spawn(lb::router::serve(listener, router.clone(), async move {
         let _ = rx.await;
+        stop_binary.cancel();
     }));
     let version = fake.view().version;
     assert!(router.wait_catalog(version, Duration::from_secs(5)).await, "no catalog");
-    (router, http, tx)
+    (router, http, binary, tx)
 }
 
 /// An election as the manager runs it: the `live` replicas of `shard` adopt `epoch`,
