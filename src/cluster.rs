@@ -28,9 +28,14 @@ pub struct ManagerArgs {
     /// Data directory; replica NAME keeps its data in DATA_DIR/nodes/NAME.
     #[arg(long, default_value = "./data")]
     pub data_dir: PathBuf,
-    /// Replicas to start with, named Server1..ServerN.
-    #[arg(long, default_value_t = 3)]
-    pub servers: usize,
+    /// Replicas to start with, named Server1..ServerN (default 3, or 0 with --init).
+    #[arg(long)]
+    pub servers: Option<usize>,
+    /// Configure the database once started: `default` (the contract's default
+    /// configuration: 4 shards, 6 servers, 3 replicas each), a JSON file's path, or the
+    /// `/init` JSON itself. Skipped when the data dir already holds a configured database.
+    #[arg(long)]
+    pub init: Option<String>,
     /// How replicas are started: process (child processes on loopback) or docker.
     #[arg(long, default_value = "process")]
     pub spawner: SpawnerKind,
@@ -110,14 +115,15 @@ fn manager_config(args: &ManagerArgs) -> Result<ManagerConfig, String> {
     if args.heartbeat_ms == 0 || args.dead_after_ms == 0 {
         return Err("--heartbeat-ms and --dead-after-ms must be positive".into());
     }
-    if args.servers > args.max_replicas {
+    if args.servers() > args.max_replicas {
         return Err(format!(
             "--servers {} is more than --max-replicas {}",
-            args.servers, args.max_replicas
+            args.servers(),
+            args.max_replicas
         ));
     }
     Ok(ManagerConfig {
-        servers: args.servers,
+        servers: args.servers(),
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         dead_after: Duration::from_millis(args.dead_after_ms),
         max_replicas: args.max_replicas,
@@ -142,6 +148,34 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
 
 fn local(l: &TcpListener) -> String {
     l.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into())
+}
+
+impl ManagerArgs {
+    /// `--servers`, or its default: 3, none when `--init` configures the database.
+    pub fn servers(&self) -> usize {
+        self.servers.unwrap_or(if self.init.is_some() { 0 } else { 3 })
+    }
+}
+
+/// `--init`: configures the database through the manager's `/init`, unless a database is
+/// already configured (a restart on the same data dir).
+async fn init_database(manager: &Arc<Manager>, init: &str) -> Result<(), String> {
+    if manager.catalog().initialized() {
+        tracing::info!("the database is already configured; --init skipped");
+        return Ok(());
+    }
+    let body = match init.trim() {
+        "default" => lb::catalog::default_config().to_string(),
+        inline if inline.starts_with('{') => inline.to_string(),
+        path => std::fs::read_to_string(path)
+            .map_err(|e| format!("--init {path}: cannot read the configuration: {e}"))?,
+    };
+    let (status, answer) = manager.db_admin(lb::control::DbOp::Init, &body).await;
+    if status != 200 {
+        return Err(format!("--init: the configuration was refused ({status}): {answer}"));
+    }
+    tracing::info!("database configured by --init");
+    Ok(())
 }
 
 /// A running manager with its control listener.
@@ -171,11 +205,28 @@ async fn start_manager(
     let log_dir = lb::manager::log_dir(&args.data_dir);
     let manager = tokio::select! {
         m = Manager::start_with_log(cfg, spawner.clone(), Some(&log_dir)) => m.map_err(|e| e.message)?,
-        _ = shutdown => {
+        _ = &mut *shutdown => {
             spawner.stop_all().await;
             return Ok(None);
         }
     };
+    if let Some(init) = &args.init {
+        let configured = tokio::select! {
+            r = init_database(&manager, init) => Some(r),
+            _ = &mut *shutdown => None,
+        };
+        match configured {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                manager.shutdown().await;
+                return Err(e);
+            }
+            None => {
+                manager.shutdown().await;
+                return Ok(None);
+            }
+        }
+    }
     let cancel = CancellationToken::new();
     let server = tokio::spawn(lb::manager::serve(listener, manager.clone(), cancel.clone()));
     Ok(Some(RunningManager { manager, cancel, server }))
@@ -252,10 +303,11 @@ async fn run_router(
 pub async fn up(args: UpArgs, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     tokio::pin!(shutdown);
     if let Some(cap) = lb::router::ring_capacity(&args.router.hash) {
-        if args.manager.servers > cap {
+        if args.manager.servers() > cap {
             return Err(format!(
                 "--servers {} does not fit the {} ring: it holds at most {cap} servers",
-                args.manager.servers, args.router.hash
+                args.manager.servers(),
+                args.router.hash
             ));
         }
     }

@@ -526,20 +526,22 @@ fn check_no_overlap(new: &[ShardRange], existing: &[ShardRange]) -> Result<(), R
     Ok(())
 }
 
+/// The contract's default configuration (its `/init` body): 4 shards of 4096 ids, 6 servers,
+/// 3 replicas per shard. `shardgate up --init default` and the analyses use it.
+pub fn default_config() -> Json {
+    json!({"N": 6,
+     "schema": {"columns": ["Stud_id", "Stud_name", "Stud_marks"], "dtypes": ["Number", "String", "String"]},
+     "shards": [{"Stud_id_low": 0, "Shard_id": "sh1", "Shard_size": 4096},
+                {"Stud_id_low": 4096, "Shard_id": "sh2", "Shard_size": 4096},
+                {"Stud_id_low": 8192, "Shard_id": "sh3", "Shard_size": 4096},
+                {"Stud_id_low": 12288, "Shard_id": "sh4", "Shard_size": 4096}],
+     "servers": {"Server0": ["sh1", "sh2"], "Server1": ["sh3", "sh4"], "Server3": ["sh1", "sh3"],
+                 "Server4": ["sh4", "sh2"], "Server5": ["sh1", "sh4"], "Server6": ["sh3", "sh2"]}})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn default_config() -> Json {
-        json!({"N": 6,
-         "schema": {"columns": ["Stud_id", "Stud_name", "Stud_marks"], "dtypes": ["Number", "String", "String"]},
-         "shards": [{"Stud_id_low": 0, "Shard_id": "sh1", "Shard_size": 4096},
-                    {"Stud_id_low": 4096, "Shard_id": "sh2", "Shard_size": 4096},
-                    {"Stud_id_low": 8192, "Shard_id": "sh3", "Shard_size": 4096},
-                    {"Stud_id_low": 12288, "Shard_id": "sh4", "Shard_size": 4096}],
-         "servers": {"Server0": ["sh1", "sh2"], "Server1": ["sh3", "sh4"], "Server3": ["sh1", "sh3"],
-                     "Server4": ["sh4", "sh2"], "Server5": ["sh1", "sh4"], "Server6": ["sh3", "sh2"]}})
-    }
 
     fn initialized() -> Catalog {
         let c = Catalog::default();
