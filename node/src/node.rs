@@ -208,8 +208,7 @@ impl Node {
             let lsn = shard.progress().applied;
             return Ok(Response::Written { count: 0, current_idx: shard.row_count(), lsn });
         }
-        let (lsn, current_idx, generation) = shard.propose(Change::Insert(w.rows))?;
-        shard.wait_applied(lsn, generation).await?;
+        let (lsn, current_idx) = shard.submit(Change::Insert(w.rows)).await?;
         Ok(Response::Written { count, current_idx, lsn })
     }
 
@@ -221,15 +220,13 @@ impl Node {
             )));
         }
         let shard = self.shard(&u.shard)?;
-        let (lsn, _, generation) = shard.propose(Change::Update(u.row))?;
-        shard.wait_applied(lsn, generation).await?;
+        let (lsn, _) = shard.submit(Change::Update(u.row)).await?;
         Ok(Response::Updated { key: u.key, lsn })
     }
 
     async fn delete(&self, d: DeleteReq) -> std::result::Result<Response, ErrorBody> {
         let shard = self.shard(&d.shard)?;
-        let (lsn, _, generation) = shard.propose(Change::Delete(d.key))?;
-        shard.wait_applied(lsn, generation).await?;
+        let (lsn, _) = shard.submit(Change::Delete(d.key)).await?;
         Ok(Response::Deleted { key: d.key, lsn })
     }
 

@@ -156,6 +156,19 @@ pub struct Progress {
     pub closing: bool,
 }
 
+/// Why a change was refused, and the pending change the refusal rests on (its LSN and the
+/// role generation it was seen in), if any.
+struct Refusal {
+    error: ErrorBody,
+    after: Option<(Lsn, u64)>,
+}
+
+impl From<ErrorBody> for Refusal {
+    fn from(error: ErrorBody) -> Refusal {
+        Refusal { error, after: None }
+    }
+}
+
 /// One shard replica on this node.
 pub struct Shard {
     pub(crate) core: Arc<Core>,
@@ -236,9 +249,15 @@ pub(crate) struct State {
 
 impl State {
     fn exists(&self, key: i64) -> bool {
+        self.exists_after(key).0
+    }
+
+    /// Whether `key` exists once every pending change is applied, and the LSN of the last
+    /// pending change that decides it (`None` when the applied rows alone decide).
+    fn exists_after(&self, key: i64) -> (bool, Option<Lsn>) {
         match self.overlay.get(&key) {
-            Some(&(_, exists)) => exists,
-            None => self.rows.contains_key(&key),
+            Some(&(lsn, exists)) => (exists, Some(lsn)),
+            None => (self.rows.contains_key(&key), None),
         }
     }
 
@@ -458,10 +477,43 @@ impl Shard {
     /// count once it is applied, and the role generation to wait under. Nothing is changed
     /// on error; only a primary (or standalone replica) accepts changes.
     pub fn propose(&self, change: Change) -> std::result::Result<(Lsn, u64, u64), ErrorBody> {
+        self.propose_or_refuse(change).map_err(|r| r.error)
+    }
+
+    /// Proposes `change` and waits until it is committed and applied: the LSN and the row
+    /// count after it. A refusal that rests on changes still pending (the key was just
+    /// inserted or deleted by a write not yet committed) is answered only once those are
+    /// applied, so a refusal never reveals what a read could not yet see: otherwise a client
+    /// told "no such row" could then read the row, and the history would not be
+    /// linearizable. If the replica stops being the primary meanwhile, the answer is a 503:
+    /// the refusal may no longer hold.
+    pub async fn submit(&self, change: Change) -> std::result::Result<(Lsn, u64), ErrorBody> {
+        match self.propose_or_refuse(change) {
+            Ok((lsn, count, generation)) => {
+                self.wait_applied(lsn, generation).await?;
+                Ok((lsn, count))
+            }
+            Err(Refusal { error, after: Some((lsn, generation)) }) => {
+                match self.wait_applied(lsn, generation).await {
+                    Ok(()) => Err(error),
+                    Err(e) => Err(ErrorBody::unavailable(format!(
+                        "{} (the change it was refused for did not complete here: {})",
+                        error.message.trim_start_matches(protocol::message::ERROR_PREFIX),
+                        e.message.trim_start_matches(protocol::message::ERROR_PREFIX)
+                    ))),
+                }
+            }
+            Err(Refusal { error, after: None }) => Err(error),
+        }
+    }
+
+    fn propose_or_refuse(&self, change: Change) -> std::result::Result<(Lsn, u64, u64), Refusal> {
         let core = &*self.core;
         let mut st = core.lock_state();
         if let Some(why) = &core.progress.borrow().failed {
-            return Err(ErrorBody::internal(format!("shard {} cannot write: {why}", core.id)));
+            return Err(
+                ErrorBody::internal(format!("shard {} cannot write: {why}", core.id)).into()
+            );
         }
         if let Role::Secondary { primary } = &st.meta.role {
             let msg = match primary {
@@ -474,8 +526,14 @@ impl Shard {
                     core.node_name, core.id
                 ),
             };
-            return Err(ErrorBody::not_primary(primary.clone(), msg));
+            return Err(ErrorBody::not_primary(primary.clone(), msg).into());
         }
+        // A refusal on the state the pending changes leave rests on them (see `submit`).
+        let generation = st.generation;
+        let rests = |after: Option<Lsn>, error: ErrorBody| Refusal {
+            error,
+            after: after.map(|lsn| (lsn, generation)),
+        };
         match &change {
             Change::Insert(rows) => {
                 let mut seen = HashSet::with_capacity(rows.len());
@@ -485,29 +543,33 @@ impl Shard {
                         return Err(ErrorBody::bad_request(format!(
                             "Stud_id {} appears twice in the request",
                             r.key
-                        )));
+                        ))
+                        .into());
                     }
-                    if st.exists(r.key) {
-                        return Err(ErrorBody::bad_request(format!(
-                            "Stud_id {} already exists in shard {}",
-                            r.key, core.id
-                        )));
+                    if let (true, after) = st.exists_after(r.key) {
+                        return Err(rests(
+                            after,
+                            ErrorBody::bad_request(format!(
+                                "Stud_id {} already exists in shard {}",
+                                r.key, core.id
+                            )),
+                        ));
                     }
                 }
             }
             Change::Update(row) => {
                 st.check_row(row)?;
-                if !st.exists(row.key) {
-                    return Err(not_found(row.key, &core.id));
+                if let (false, after) = st.exists_after(row.key) {
+                    return Err(rests(after, not_found(row.key, &core.id)));
                 }
             }
             Change::Delete(key) => {
-                if !st.exists(*key) {
-                    return Err(not_found(*key, &core.id));
+                if let (false, after) = st.exists_after(*key) {
+                    return Err(rests(after, not_found(*key, &core.id)));
                 }
             }
             Change::Barrier => {
-                return Err(ErrorBody::bad_request("a barrier is not a client change"))
+                return Err(ErrorBody::bad_request("a barrier is not a client change").into())
             }
         }
         let lsn = core.append_local(&mut st, change)?;

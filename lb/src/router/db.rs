@@ -239,14 +239,10 @@ pub(super) async fn delete(router: &Router, body: &[u8]) -> Result<HttpResponse,
 /// Removes the row `key` through its shard's primary.
 pub(super) async fn delete_row(router: &Router, t: &DbTable, key: i64) -> Result<Lsn, ErrorBody> {
     let shard = shard_of(t, key)?;
-    let out =
-        router.primary_call(&shard, Request::Delete(DeleteReq { shard: shard.clone(), key })).await;
-    match out.result {
-        Ok(Response::Deleted { lsn, .. }) => Ok(lsn),
-        // An earlier attempt that broke off after sending removed it.
-        Err(e) if out.ambiguous && e.kind == ErrorKind::NotFound => Ok(router.shard_lsn(&shard)),
-        Ok(other) => Err(unexpected("a delete", &other)),
-        Err(e) => Err(e),
+    let req = Request::Delete(DeleteReq { shard: shard.clone(), key });
+    match router.primary_call(&shard, req).await.result? {
+        Response::Deleted { lsn, .. } => Ok(lsn),
+        other => Err(unexpected("a delete", &other)),
     }
 }
 

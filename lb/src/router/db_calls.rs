@@ -206,7 +206,14 @@ impl Router {
     /// Sends `req` (a write, update or delete of `shard`) to the shard's primary, following
     /// "not primary" hints and catalog changes until it is answered or the deadline passes.
     /// The LSN floor is raised from the answer.
+    ///
+    /// An attempt that was sent and got no answer (or an "unavailable" after the primary took
+    /// it) may have taken effect. A write is tried again (its caller tells a row it wrote
+    /// itself from someone else's by content); an update or delete is not, because applying it
+    /// twice with another client's change in between is a different history: the caller gets
+    /// a 503 saying it may or may not have been applied.
     pub(crate) async fn primary_call(&self, shard: &str, req: Request) -> PrimaryOutcome {
+        let retry_when_ambiguous = matches!(req, Request::Write(_));
         let deadline = Instant::now() + self.cfg.db_deadline;
         let mut backoff = RETRY_BACKOFF_MIN;
         let mut hint: Option<String> = None;
@@ -290,6 +297,14 @@ impl Router {
                     }
                 }
             };
+            if ambiguous && !retry_when_ambiguous {
+                let e = ErrorBody::unavailable(format!(
+                    "the {} may or may not have been applied: {}",
+                    req.name(),
+                    bare(&last)
+                ));
+                return PrimaryOutcome { result: Err(e), ambiguous };
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return PrimaryOutcome { result: Err(give_up(last)), ambiguous };
