@@ -160,8 +160,23 @@ async fn kill9_under_load_keeps_every_key_linearizable() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(99);
     let killed = AtomicUsize::new(0);
     let mut recoveries = Vec::new();
-    for _ in 0..kills {
-        let server = SERVERS[rng.gen_range(0..SERVERS.len())];
+    let mut primaries_killed = 0;
+    for k in 0..kills {
+        // Every other victim is a shard's primary (from /status); the rest are random.
+        let primary = if k % 2 == 0 {
+            let st = db.status().await.unwrap();
+            let shard = &st["shards"][k / 2 % 2];
+            shard["primary"].as_str().map(str::to_string)
+        } else {
+            None
+        };
+        let server = match primary.as_deref().and_then(|p| SERVERS.iter().find(|s| **s == p)) {
+            Some(s) => {
+                primaries_killed += 1;
+                *s
+            }
+            None => SERVERS[rng.gen_range(0..SERVERS.len())],
+        };
         let pid = node_pid(up.pid(), server).expect("the victim runs");
         signal(pid, "KILL");
         killed.fetch_add(1, Ordering::Relaxed);
@@ -208,7 +223,7 @@ async fn kill9_under_load_keeps_every_key_linearizable() {
     let (ops, unknown) = h.counts();
     recoveries.sort();
     eprintln!(
-        "fault_kill: {} kills, {ops} operations ({unknown} with unknown outcome), {} rows at the end; \
+        "fault_kill: {} kills ({primaries_killed} of a primary), {ops} operations ({unknown} with unknown outcome), {} rows at the end; \
          victim back and serving after p50 {:?}, max {:?}",
         killed.load(Ordering::Relaxed),
         everything.len(),

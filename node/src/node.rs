@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use protocol::{
-    ConfigReq, Consistency, CopyReq, DeleteReq, ErrorBody, ReadReq, Request, Response, Schema,
-    ShardId, UpdateReq, WriteReq,
+    ConfigReq, Consistency, CopyReq, DeleteReq, ErrorBody, OnceReq, ReadReq, Request, RequestId,
+    Response, Schema, ShardId, UpdateReq, WriteReq,
 };
 
 use crate::error::{Error, Result};
@@ -87,9 +87,9 @@ impl Node {
             Request::Config(c) => self.configure(c).await,
             Request::Copy(c) => self.copy(c),
             Request::Read(r) => self.read(r).await,
-            Request::Write(w) => self.write(w).await,
-            Request::Update(u) => self.update(u).await,
-            Request::Delete(d) => self.delete(d).await,
+            Request::Write(w) => self.write(w, None).await,
+            Request::Update(u) => self.update(u, None).await,
+            Request::Delete(d) => self.delete(d, None).await,
             Request::Adopt(r) => self.shard(&r.shard)?.adopt(&r),
             Request::Promote(r) => self.shard(&r.shard)?.promote(&r),
             Request::Follow(r) => self.shard(&r.shard)?.follow(&r),
@@ -100,6 +100,7 @@ impl Node {
                 "{} does not take forwarded HTTP requests on the binary protocol yet",
                 self.name
             ))),
+            Request::Once(o) => self.once(o).await,
             Request::DbRead(_)
             | Request::DbWrite(_)
             | Request::DbUpdate(_)
@@ -201,18 +202,39 @@ impl Node {
         Ok(Response::Read { rows, applied_lsn })
     }
 
-    async fn write(&self, w: WriteReq) -> std::result::Result<Response, ErrorBody> {
+    /// A change sent under a request id: applied at most once however often it comes.
+    async fn once(&self, o: OnceReq) -> std::result::Result<Response, ErrorBody> {
+        match *o.request {
+            Request::Write(w) => self.write(w, Some(o.id)).await,
+            Request::Update(u) => self.update(u, Some(o.id)).await,
+            Request::Delete(d) => self.delete(d, Some(o.id)).await,
+            other => Err(ErrorBody::bad_request(format!(
+                "only write, update and delete are sent under a request id, not {}",
+                other.name()
+            ))),
+        }
+    }
+
+    async fn write(
+        &self,
+        w: WriteReq,
+        id: Option<RequestId>,
+    ) -> std::result::Result<Response, ErrorBody> {
         let shard = self.shard(&w.shard)?;
         let count = w.rows.len() as u64;
         if count == 0 {
             let lsn = shard.progress().applied;
             return Ok(Response::Written { count: 0, current_idx: shard.row_count(), lsn });
         }
-        let (lsn, current_idx) = shard.submit(Change::Insert(w.rows)).await?;
+        let (lsn, current_idx) = shard.submit(Change::Insert(w.rows), id).await?;
         Ok(Response::Written { count, current_idx, lsn })
     }
 
-    async fn update(&self, u: UpdateReq) -> std::result::Result<Response, ErrorBody> {
+    async fn update(
+        &self,
+        u: UpdateReq,
+        id: Option<RequestId>,
+    ) -> std::result::Result<Response, ErrorBody> {
         if u.key != u.row.key {
             return Err(ErrorBody::bad_request(format!(
                 "data.Stud_id ({}) differs from Stud_id ({})",
@@ -220,13 +242,17 @@ impl Node {
             )));
         }
         let shard = self.shard(&u.shard)?;
-        let (lsn, _) = shard.submit(Change::Update(u.row)).await?;
+        let (lsn, _) = shard.submit(Change::Update(u.row), id).await?;
         Ok(Response::Updated { key: u.key, lsn })
     }
 
-    async fn delete(&self, d: DeleteReq) -> std::result::Result<Response, ErrorBody> {
+    async fn delete(
+        &self,
+        d: DeleteReq,
+        id: Option<RequestId>,
+    ) -> std::result::Result<Response, ErrorBody> {
         let shard = self.shard(&d.shard)?;
-        let (lsn, _) = shard.submit(Change::Delete(d.key)).await?;
+        let (lsn, _) = shard.submit(Change::Delete(d.key), id).await?;
         Ok(Response::Deleted { key: d.key, lsn })
     }
 

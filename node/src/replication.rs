@@ -314,6 +314,7 @@ impl Core {
         st.applied_epoch = inc.lsn_epoch;
         st.commit_lsn = inc.lsn;
         st.pending.clear();
+        st.seen.clear();
         st.epochs.clear();
         st.base = (inc.lsn, inc.lsn_epoch);
         st.matched_lsn = inc.lsn;

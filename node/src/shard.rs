@@ -40,7 +40,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use protocol::{Epoch, ErrorBody, Lsn, Quorum, ReplicaInfo, Role, Row, Schema, ShardId, ShardSpec};
+use protocol::{
+    Epoch, ErrorBody, Lsn, Quorum, ReplicaInfo, RequestId, Role, Row, Schema, ShardId, ShardSpec,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -67,6 +69,9 @@ pub enum Change {
     Delete(i64),
     /// Nothing: the first record of a primary's epoch (see the module notes).
     Barrier,
+    /// A change sent under a request id (`Request::Once`): a retry with the same id finds it
+    /// in the log and is not applied again.
+    Tagged(RequestId, Box<Change>),
 }
 
 impl Change {
@@ -77,6 +82,7 @@ impl Change {
             Change::Update(row) => vec![(row.key, true)],
             Change::Delete(key) => vec![(*key, false)],
             Change::Barrier => Vec::new(),
+            Change::Tagged(_, c) => c.effects(),
         }
     }
 
@@ -94,7 +100,57 @@ impl Change {
                 rows.remove(&key);
             }
             Change::Barrier => {}
+            Change::Tagged(_, c) => c.apply(rows),
         }
+    }
+}
+
+/// Most request ids a replica remembers (the latest ones); a retry comes within seconds.
+const SEEN_MAX: usize = 1 << 16;
+
+/// The request ids of the changes in the log, newest last, and the LSN of each: a retry of
+/// a change already logged waits for that record instead of being applied again. Built from
+/// the log on recovery (records after the checkpoint) and as records are appended; records
+/// cut from the log are forgotten; a snapshot starts it afresh.
+#[derive(Default)]
+pub(crate) struct Seen {
+    by_id: HashMap<RequestId, Lsn>,
+    order: VecDeque<(Lsn, RequestId)>,
+}
+
+impl Seen {
+    fn record(&mut self, id: RequestId, lsn: Lsn) {
+        if self.by_id.insert(id, lsn) == Some(lsn) {
+            return;
+        }
+        self.order.push_back((lsn, id));
+        while self.order.len() > SEEN_MAX {
+            if let Some((l, old)) = self.order.pop_front() {
+                if self.by_id.get(&old) == Some(&l) {
+                    self.by_id.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn get(&self, id: &RequestId) -> Option<Lsn> {
+        self.by_id.get(id).copied()
+    }
+
+    /// Forgets every id logged after `lsn` (a cut tail).
+    pub(crate) fn forget_after(&mut self, lsn: Lsn) {
+        while self.order.back().is_some_and(|&(l, _)| l > lsn) {
+            if let Some((l, id)) = self.order.pop_back() {
+                if self.by_id.get(&id) == Some(&l) {
+                    self.by_id.remove(&id);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.by_id.clear();
+        self.order.clear();
     }
 }
 
@@ -245,6 +301,8 @@ pub(crate) struct State {
     pub generation: u64,
     /// As primary: the lease behind linearizable reads (see `lease.rs`).
     pub lease: crate::lease::Lease,
+    /// Request ids of the logged changes (see [`Seen`]).
+    pub seen: Seen,
 }
 
 impl State {
@@ -290,6 +348,9 @@ impl State {
                 };
             }
             self.overlay.insert(key, (lsn, exists));
+        }
+        if let Change::Tagged(id, _) = &change {
+            self.seen.record(*id, lsn);
         }
         if self.epochs.last().is_none_or(|&(e, _)| e != epoch) {
             self.epochs.push((epoch, lsn));
@@ -398,6 +459,7 @@ impl Shard {
             incoming: None,
             generation: 0,
             lease: Default::default(),
+            seen: Seen::default(),
         };
         st.visible_count = st.rows.len() as u64;
         if wal.last().0 >= wal.first_lsn() {
@@ -477,7 +539,7 @@ impl Shard {
     /// count once it is applied, and the role generation to wait under. Nothing is changed
     /// on error; only a primary (or standalone replica) accepts changes.
     pub fn propose(&self, change: Change) -> std::result::Result<(Lsn, u64, u64), ErrorBody> {
-        self.propose_or_refuse(change).map_err(|r| r.error)
+        self.propose_or_refuse(change, None).map_err(|r| r.error)
     }
 
     /// Proposes `change` and waits until it is committed and applied: the LSN and the row
@@ -487,8 +549,15 @@ impl Shard {
     /// told "no such row" could then read the row, and the history would not be
     /// linearizable. If the replica stops being the primary meanwhile, the answer is a 503:
     /// the refusal may no longer hold.
-    pub async fn submit(&self, change: Change) -> std::result::Result<(Lsn, u64), ErrorBody> {
-        match self.propose_or_refuse(change) {
+    ///
+    /// With an `id`, a change already logged under it (an earlier attempt of the same
+    /// request) is not applied again: the answer waits for that record instead.
+    pub async fn submit(
+        &self,
+        change: Change,
+        id: Option<RequestId>,
+    ) -> std::result::Result<(Lsn, u64), ErrorBody> {
+        match self.propose_or_refuse(change, id) {
             Ok((lsn, count, generation)) => {
                 self.wait_applied(lsn, generation).await?;
                 Ok((lsn, count))
@@ -507,7 +576,11 @@ impl Shard {
         }
     }
 
-    fn propose_or_refuse(&self, change: Change) -> std::result::Result<(Lsn, u64, u64), Refusal> {
+    fn propose_or_refuse(
+        &self,
+        change: Change,
+        id: Option<RequestId>,
+    ) -> std::result::Result<(Lsn, u64, u64), Refusal> {
         let core = &*self.core;
         let mut st = core.lock_state();
         if let Some(why) = &core.progress.borrow().failed {
@@ -527,6 +600,10 @@ impl Shard {
                 ),
             };
             return Err(ErrorBody::not_primary(primary.clone(), msg).into());
+        }
+        if let Some(lsn) = id.and_then(|id| st.seen.get(&id)) {
+            // A retry: the change is in the log already.
+            return Ok((lsn, st.visible_count, st.generation));
         }
         // A refusal on the state the pending changes leave rests on them (see `submit`).
         let generation = st.generation;
@@ -568,10 +645,14 @@ impl Shard {
                     return Err(rests(after, not_found(*key, &core.id)));
                 }
             }
-            Change::Barrier => {
-                return Err(ErrorBody::bad_request("a barrier is not a client change").into())
+            Change::Barrier | Change::Tagged(..) => {
+                return Err(ErrorBody::bad_request("not a client change").into())
             }
         }
+        let change = match id {
+            Some(id) => Change::Tagged(id, Box::new(change)),
+            None => change,
+        };
         let lsn = core.append_local(&mut st, change)?;
         let (count, generation) = (st.visible_count, st.generation);
         drop(st);
@@ -848,6 +929,7 @@ impl Core {
             ErrorBody::internal(format!("shard {}: cannot cut the log: {e}", self.id))
         })?;
         st.pending.retain(|(l, _, _)| *l <= lsn);
+        st.seen.forget_after(lsn);
         st.epochs.retain(|&(_, first)| first <= lsn);
         st.matched_lsn = st.matched_lsn.min(lsn);
         st.rebuild_overlay();

@@ -641,3 +641,55 @@ async fn a_deposed_primary_never_serves_a_linearizable_read_older_than_an_acknow
         other => panic!("{other:?}"),
     }
 }
+
+fn once(id: u64, req: Request) -> Request {
+    Request::Once(protocol::OnceReq {
+        id: protocol::RequestId { client: 42, seq: id },
+        request: Box::new(req),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_sent_again_under_its_id_is_applied_once_even_after_a_failover() {
+    let nodes = cluster(3, ShardOptions::default()).await;
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    let p = elect(&all, &all, &[], 1).await;
+    let c = nodes[p].conn().await;
+    let insert = |k: i64| {
+        Request::Write(WriteReq { shard: SHARD.into(), curr_idx: None, rows: vec![row(k)] })
+    };
+    let delete = |k: i64| Request::Delete(protocol::DeleteReq { shard: SHARD.into(), key: k });
+    // The first try and a retry of the same write: one row, the same LSN, no "exists".
+    let first = match c.call(once(1, insert(5))).await {
+        Ok(Response::Written { lsn, .. }) => lsn,
+        other => panic!("{other:?}"),
+    };
+    match c.call(once(1, insert(5))).await {
+        Ok(Response::Written { lsn, .. }) => assert_eq!(lsn, first),
+        other => panic!("the retry was not recognized: {other:?}"),
+    }
+    // A new request for the same key is refused as usual.
+    assert!(
+        matches!(c.call(once(2, insert(5))).await, Err(CallError::Remote(e)) if e.kind == ErrorKind::BadRequest)
+    );
+    // A delete, the row written again by someone else, then the delete's retry: the retry
+    // must not remove the new row.
+    assert!(matches!(c.call(once(3, delete(5))).await, Ok(Response::Deleted { .. })));
+    assert!(matches!(c.call(insert(5)).await, Ok(Response::Written { .. })));
+    assert!(matches!(c.call(once(3, delete(5))).await, Ok(Response::Deleted { .. })));
+    assert_eq!(nodes[p].rows().await, vec![row(5)]);
+    // After a failover the new primary knows the ids from its log.
+    let others: Vec<&TestNode> =
+        nodes.iter().enumerate().filter(|(i, _)| *i != p).map(|(_, n)| n).collect();
+    let q = elect(&others, &all, &[], 2).await;
+    let c2 = others[q].conn().await;
+    match c2.call(once(3, delete(5))).await {
+        Ok(Response::Deleted { .. }) => {}
+        other => panic!("the new primary did not recognize the retry: {other:?}"),
+    }
+    match c2.call(once(1, insert(5))).await {
+        Ok(Response::Written { lsn, .. }) => assert_eq!(lsn, first),
+        other => panic!("{other:?}"),
+    }
+    converged(&all, &[row(5)]).await;
+}

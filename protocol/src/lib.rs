@@ -36,8 +36,8 @@ pub use json::{parse_key, row_from_json, row_to_json, FieldError};
 pub use message::{
     AdminOp, AdoptReq, AppendReq, ConfigReq, Consistency, CopyReq, DbAdminReq, DbDeleteReq,
     DbReadReq, DbReadServerReq, DbUpdateReq, DbWriteReq, DeleteReq, ErrorBody, ErrorKind,
-    FollowReq, ForwardReq, LogRecord, PromoteReq, Quorum, ReadReq, Replica, ReplicaInfo,
-    ReplicaStatusReq, Request, RequestFrame, Response, ResponseFrame, Role, SnapshotChunk,
-    UpdateReq, WriteReq,
+    FollowReq, ForwardReq, LogRecord, OnceReq, PromoteReq, Quorum, ReadReq, Replica, ReplicaInfo,
+    ReplicaStatusReq, Request, RequestFrame, RequestId, Response, ResponseFrame, Role,
+    SnapshotChunk, UpdateReq, WriteReq,
 };
 pub use types::{DType, Epoch, Lsn, Row, Schema, ShardId, ShardSpec, Value, KEY_COLUMN};

@@ -91,6 +91,10 @@ pub enum Request {
     /// Client → router: an admin endpoint with the contract's JSON body (`/init`, `/status`,
     /// `/add`, `/rm`, `/primary_elect`).
     DbAdmin(DbAdminReq),
+    /// Router → node: a write, update or delete that takes effect at most once however many
+    /// times it is sent: a retry of a request the shard already logged is answered from the
+    /// log instead of being applied again.
+    Once(OnceReq),
 }
 
 impl Request {
@@ -118,6 +122,7 @@ impl Request {
             Request::DbDelete(_) => "db_delete",
             Request::DbReadServer(_) => "db_read_server",
             Request::DbAdmin(_) => "db_admin",
+            Request::Once(o) => o.request.name(),
         }
     }
 }
@@ -219,6 +224,25 @@ pub struct DbDeleteReq {
 pub struct DbReadServerReq {
     /// The server's name.
     pub server: String,
+}
+
+/// Who sent a change and its number among that sender's changes: unique per change, the
+/// same on every retry of it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RequestId {
+    /// The sender, a random number it picked at start.
+    pub client: u64,
+    /// The change's number at that sender.
+    pub seq: u64,
+}
+
+/// A change sent under an id (see [`Request::Once`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct OnceReq {
+    /// The change's id.
+    pub id: RequestId,
+    /// The change: a [`Request::Write`], [`Request::Update`] or [`Request::Delete`].
+    pub request: Box<Request>,
 }
 
 /// The admin endpoints of the database, answered by the shard manager.

@@ -22,7 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use client::{CallError, Connection};
-use protocol::{Consistency, ErrorBody, ErrorKind, ReadReq, Request, Response, Row};
+use protocol::{
+    Consistency, ErrorBody, ErrorKind, OnceReq, ReadReq, Request, RequestId, Response, Row,
+};
 use tokio::time::Instant;
 
 use super::Router;
@@ -207,13 +209,12 @@ impl Router {
     /// "not primary" hints and catalog changes until it is answered or the deadline passes.
     /// The LSN floor is raised from the answer.
     ///
-    /// An attempt that was sent and got no answer (or an "unavailable" after the primary took
-    /// it) may have taken effect. A write is tried again (its caller tells a row it wrote
-    /// itself from someone else's by content); an update or delete is not, because applying it
-    /// twice with another client's change in between is a different history: the caller gets
-    /// a 503 saying it may or may not have been applied.
+    /// Every attempt carries the same request id (`Request::Once`): an attempt that was sent
+    /// and got no answer may have taken effect, and the shard answers a retry of a change it
+    /// already logged from its log rather than applying it again (twice, with another
+    /// client's change in between, would be a different history).
     pub(crate) async fn primary_call(&self, shard: &str, req: Request) -> PrimaryOutcome {
-        let retry_when_ambiguous = matches!(req, Request::Write(_));
+        let req = Request::Once(OnceReq { id: next_request_id(), request: Box::new(req) });
         let deadline = Instant::now() + self.cfg.db_deadline;
         let mut backoff = RETRY_BACKOFF_MIN;
         let mut hint: Option<String> = None;
@@ -297,14 +298,6 @@ impl Router {
                     }
                 }
             };
-            if ambiguous && !retry_when_ambiguous {
-                let e = ErrorBody::unavailable(format!(
-                    "the {} may or may not have been applied: {}",
-                    req.name(),
-                    bare(&last)
-                ));
-                return PrimaryOutcome { result: Err(e), ambiguous };
-            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return PrimaryOutcome { result: Err(give_up(last)), ambiguous };
@@ -313,6 +306,15 @@ impl Router {
             backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
         }
     }
+}
+
+/// A request id no other change of any router shares: this process's random number and a
+/// counter.
+fn next_request_id() -> RequestId {
+    static CLIENT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let client = *CLIENT.get_or_init(rand::random);
+    RequestId { client, seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed) }
 }
 
 /// Retrying errors that outlived the deadline are the router's to report as 503: a "not

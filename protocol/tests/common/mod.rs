@@ -127,17 +127,20 @@ pub fn request() -> impl Strategy<Value = Request> {
         shard_id().prop_map(|shard| Request::ReplicaStatus(ReplicaStatusReq { shard })),
         ("(GET|POST|PUT|DELETE)", "/[a-z/]{0,12}", vec(any::<u8>(), 0..16))
             .prop_map(|(method, path, body)| Request::Forward(ForwardReq { method, path, body })),
-        (any::<i64>(), any::<i64>(), consistency())
-            .prop_map(|(low, high, consistency)| Request::DbRead(DbReadReq {
-                low,
-                high,
-                consistency
-            })),
+        (any::<i64>(), any::<i64>(), consistency()).prop_map(|(low, high, consistency)| {
+            Request::DbRead(DbReadReq { low, high, consistency })
+        }),
         rows().prop_map(|rows| Request::DbWrite(DbWriteReq { rows })),
         (any::<i64>(), row()).prop_map(|(key, row)| Request::DbUpdate(DbUpdateReq { key, row })),
         any::<i64>().prop_map(|key| Request::DbDelete(DbDeleteReq { key })),
         "Server[0-9]{1,6}".prop_map(|server| Request::DbReadServer(DbReadServerReq { server })),
         (admin_op(), ".{0,20}").prop_map(|(op, body)| Request::DbAdmin(DbAdminReq { op, body })),
+        (any::<u64>(), any::<u64>(), any::<i64>()).prop_map(|(client, seq, key)| Request::Once(
+            OnceReq {
+                id: RequestId { client, seq },
+                request: Box::new(Request::Delete(DeleteReq { shard: "sh1".into(), key })),
+            }
+        )),
     ]
 }
 
@@ -283,11 +286,12 @@ pub fn request_variant(r: &Request) -> usize {
         Request::DbDelete(_) => 18,
         Request::DbReadServer(_) => 19,
         Request::DbAdmin(_) => 20,
+        Request::Once(_) => 21,
     }
 }
 
 /// Number of request variants known to [`request_variant`].
-pub const REQUEST_VARIANTS: usize = 21;
+pub const REQUEST_VARIANTS: usize = 22;
 
 /// Position of a response's variant (see [`request_variant`]).
 pub fn response_variant(r: &Response) -> usize {
