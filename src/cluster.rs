@@ -341,6 +341,8 @@ pub async fn up(args: UpArgs, shutdown: impl Future<Output = ()>) -> Result<(), 
 /// `shardgate manager`: the shard manager alone.
 pub async fn manager(args: ManagerArgs, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     tokio::pin!(shutdown);
+    // Calls to the nodes leave from the manager's own address.
+    client::set_source_ip(args.listen.ip());
     let control = bind(args.listen, "the shard manager").await?;
     let addr = local(&control);
     let Some(running) = start_manager(&args, control, &mut shutdown).await? else {
@@ -359,6 +361,8 @@ pub async fn manager(args: ManagerArgs, shutdown: impl Future<Output = ()>) -> R
 /// `shardgate lb`: a router alone, against a running manager.
 pub async fn lb(args: LbArgs, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     tokio::pin!(shutdown);
+    // Calls to the manager and the nodes leave from the router's own address.
+    client::set_source_ip(args.router.http.ip());
     let listeners = RouterListeners::bind(&args.router).await?;
     let addrs = listeners.describe();
     let cfg = router_config(args.manager.clone(), &args.router)?;

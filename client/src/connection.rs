@@ -257,6 +257,38 @@ impl Drop for Waiting<'_> {
 
 /// Resolves `addr` and connects to the first address that accepts, all within `limit`;
 /// returns the stream and the address it reached.
+/// The address this process's outgoing connections leave from, when set.
+static SOURCE_IP: std::sync::OnceLock<std::net::IpAddr> = std::sync::OnceLock::new();
+
+/// Makes every connection this process opens from now on leave from `ip` (the address its
+/// own listener is bound to), so that peers, and firewall rules, see each process at its own
+/// address even when several share one host (127.0.0.2, 127.0.0.3, ... on loopback). The
+/// first call wins; an unspecified or loopback-default address (0.0.0.0, ::, 127.0.0.1, ::1)
+/// leaves the choice to the kernel.
+pub fn set_source_ip(ip: std::net::IpAddr) {
+    let default = ip.is_unspecified()
+        || ip == std::net::IpAddr::from([127, 0, 0, 1])
+        || ip == std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST);
+    if !default {
+        let _ = SOURCE_IP.set(ip);
+    }
+}
+
+/// `TcpStream::connect`, from the source address of [`set_source_ip`] when one is set and
+/// of the same family as `addr`.
+async fn connect_from_source(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(&ip) = SOURCE_IP.get().filter(|ip| ip.is_ipv4() == addr.is_ipv4()) else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(addr).await
+}
+
 async fn open_tcp(addr: impl ToSocketAddrs, limit: Duration) -> Result<(TcpStream, SocketAddr)> {
     let deadline = Instant::now() + limit;
     let addrs = match tokio::time::timeout_at(deadline, tokio::net::lookup_host(addr)).await {
@@ -271,7 +303,7 @@ async fn open_tcp(addr: impl ToSocketAddrs, limit: Duration) -> Result<(TcpStrea
     };
     let mut last_err = None;
     for addr in addrs {
-        match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
+        match tokio::time::timeout_at(deadline, connect_from_source(addr)).await {
             Ok(Ok(stream)) => return Ok((stream, addr)),
             Ok(Err(source)) => last_err = Some(Error::Connect { addr, source }),
             Err(_elapsed) => return Err(Error::ConnectTimeout { addr, after: limit }),

@@ -35,7 +35,7 @@ mod reader;
 mod writer;
 
 pub use connection::{
-    ConnectOptions, Connection, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, WRITE_QUEUE_LEN,
+    set_source_ip, ConnectOptions, Connection, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, WRITE_QUEUE_LEN,
 };
 pub use db::{Db, DbError, DbOptions, DbResult, DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT};
 pub use error::{CallError, Error, Result};

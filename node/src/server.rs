@@ -106,6 +106,8 @@ impl NodeServer {
 
 /// Runs a node until `shutdown` completes, then stops it cleanly.
 pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    // A node bound to its own address talks to its peers from it too.
+    client::set_source_ip(cfg.listen.ip());
     let server = NodeServer::start(cfg.clone()).await?;
     tracing::info!(
         name = %cfg.name,
