@@ -482,7 +482,14 @@ impl Db {
         };
         let exchange = async {
             let _slot = slots.acquire().await.map_err(DbError::transport)?;
-            let pooled = idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            // An idle connection the router has closed meanwhile is dropped before use.
+            let pooled = loop {
+                let next = idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                match next {
+                    Some(c) if c.is_closed() => continue,
+                    other => break other,
+                }
+            };
             let reused = pooled.is_some();
             let mut conn = match pooled {
                 Some(c) => c,
@@ -490,11 +497,20 @@ impl Db {
             };
             let reply = match conn.request(method, path, &bytes).await {
                 Ok(r) => r,
-                Err(e) if reused && closed_while_idle(&e) => {
+                // The router may have closed the connection just as the request left. Only
+                // a read is sent again: a change may have been applied before the router
+                // went away, and a second try would be told "already exists" or "no such
+                // row" about its own doing.
+                Err(e) if reused && closed_while_idle(&e) && is_read(method, path) => {
                     conn = HttpClient::connect(inner.addr).await.map_err(DbError::transport)?;
                     conn.request(method, path, &bytes).await.map_err(DbError::transport)?
                 }
-                Err(e) => return Err(DbError::transport(e)),
+                Err(e) if is_read(method, path) => return Err(DbError::transport(e)),
+                Err(e) => {
+                    return Err(DbError::transport(format!(
+                        "{e}; the {method} {path} may or may not have been applied"
+                    )))
+                }
             };
             let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.len() < inner.options.max_connections {
@@ -521,6 +537,11 @@ fn json_answer(path: &str, status: u16, body: &[u8]) -> DbResult<Json> {
     let message =
         json.get("message").and_then(Json::as_str).map_or_else(|| json.to_string(), str::to_string);
     Err(DbError { status, message })
+}
+
+/// Whether a request only reads, so that sending it again cannot change anything.
+fn is_read(method: &str, path: &str) -> bool {
+    method == "GET" || path == "/read"
 }
 
 /// Whether an error on a reused connection means the router had closed it before our

@@ -44,6 +44,20 @@ impl HttpClient {
         Ok(HttpClient { stream: BufReader::new(s) })
     }
 
+    /// Whether the server has closed this idle connection (or sent something unasked, which
+    /// makes it unusable too). Checked before a request is sent on a kept-alive connection,
+    /// so the request never goes to a connection that is already gone.
+    pub fn is_closed(&self) -> bool {
+        if !self.stream.buffer().is_empty() {
+            return true;
+        }
+        let mut probe = [0u8; 1];
+        match self.stream.get_ref().try_read(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            _ => true,
+        }
+    }
+
     /// Sends `method path` with `body` (JSON, `Content-Length`) and reads the response.
     pub async fn request(
         &mut self,

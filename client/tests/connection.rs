@@ -270,7 +270,8 @@ async fn a_server_of_another_protocol_version_is_refused_clearly() {
         err.to_string(),
         format!(
             "cannot open a session with {addr}; handshake failed; server 'S9' speaks protocol \
-             version 9; this client speaks version 1"
+             version 9; this client speaks version {}",
+            protocol::PROTOCOL_VERSION
         )
     );
 }

@@ -300,3 +300,49 @@ impl Drop for ClusterProc {
         let _ = self.child.wait();
     }
 }
+
+/// TCP (IPv4) addresses `pid` listens on, from its socket descriptors and
+/// `/proc/PID/net/tcp` (empty once it is gone).
+pub fn listening_addrs(pid: u32) -> Vec<SocketAddr> {
+    let mut inodes = std::collections::HashSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else { continue };
+        let inode = target
+            .to_str()
+            .and_then(|t| t.strip_prefix("socket:["))
+            .and_then(|t| t.strip_suffix(']'))
+            .map(str::to_string);
+        inodes.extend(inode);
+    }
+    let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else {
+        return Vec::new();
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // Fields: sl local rem st ... inode (10th); state 0A is LISTEN.
+            if f.len() < 10 || f[3] != "0A" || !inodes.contains(f[9]) {
+                return None;
+            }
+            let (ip, port) = f[1].split_once(':')?;
+            // The kernel prints the address as a native-endian u32 in hex.
+            let ip = u32::from_str_radix(ip, 16).ok()?.to_ne_bytes();
+            Some(SocketAddr::from((ip, u16::from_str_radix(port, 16).ok()?)))
+        })
+        .collect()
+}
+
+/// The HTTP address of the live `shardgate node --name NAME` under `root`: the one of its
+/// listening ports that answers `GET /heartbeat` with 200.
+pub async fn node_http(root: u32, name: &str) -> Option<SocketAddr> {
+    let pid = node_pid(root, name)?;
+    let probes = listening_addrs(pid).into_iter().map(|a| async move {
+        let probe =
+            tokio::time::timeout(Duration::from_secs(2), try_http(a, "GET", "/heartbeat", None))
+                .await;
+        matches!(probe, Ok(Ok((200, _)))).then_some(a)
+    });
+    futures::future::join_all(probes).await.into_iter().flatten().next()
+}
