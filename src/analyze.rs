@@ -1,14 +1,17 @@
-//! `shardgate analyze stage1`: the assignment's load analyses.
+//! `shardgate analyze lb` (alias `stage1`): the assignment's stage-1 analyses A-1..A-4, and
+//! `analyze db` (in `analyze_db`).
 //!
 //! - how `--requests` requests spread over N = `--servers` replicas.
 //! - the mean load per replica (and the busiest replica's) for N = `--min-n..=--max-n`.
-//! - both for every hash family side by side.
+//! - a replica SIGKILLed under load on a cluster of its own: time to detection, time to
+//!   replacement, failed requests (in `analyze_lb_failover`; `--no-a3` skips it).
+//! - A-4: A-1 and A-2 for every hash family side by side.
 //!
-//! By default everything is computed in-process on the ring (pure and fast, the same code
-//! the router routes with). `--live` instead sends the requests through a running balancer
-//! (`GET /home`, counting `Hello from Server: X`), changing N with `/add` and `/rm`; that
-//! measures the one family the balancer runs with. `--out DIR` writes `report.md` and SVG
-//! charts (`a1.svg`, `a2.svg`).
+//! By default are computed in-process on the ring (pure and fast, the same
+//! code the router routes with). `--live` instead sends the requests through a running
+//! balancer (`GET /home`, counting `Hello from Server: X`), changing N with `/add` and `/rm`;
+//! that measures the one family the balancer runs with. `--out DIR` writes `report.md` and SVG
+//! charts (`a1.svg`, `a2.svg`, `a3.svg`).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -24,14 +27,21 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::{json, Value as Json};
 
+use crate::analyze_lb_failover::{A3Args, A3Report};
+use crate::progress::Progress;
+
 /// What to analyze.
 #[derive(clap::Subcommand, Debug)]
 pub enum AnalyzeWhat {
-    /// Stage 1: request distribution over the replicas.
-    Stage1(Stage1Args),
+    /// Stage 1, the load balancer: request distribution over the replicas
+    /// and a replica killed under load.
+    #[command(alias = "stage1")]
+    Lb(Stage1Args),
+    /// Stages 2 and 3, the database: A-1..A-3 of `bench db` with charts.
+    Db(crate::analyze_db::DbArgs),
 }
 
-/// Flags of `analyze stage1`.
+/// Flags of `analyze lb`.
 #[derive(clap::Args, Debug)]
 pub struct Stage1Args {
     /// Requests per measurement.
@@ -67,6 +77,8 @@ pub struct Stage1Args {
     /// With --live: concurrent keep-alive connections.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    #[command(flatten)]
+    a3: A3Args,
 }
 
 /// A-1 for one family: requests per server.
@@ -85,15 +97,33 @@ struct Report {
     a2: Vec<(String, Vec<LoadStats>)>,
     ns: Vec<usize>,
     notes: Vec<String>,
+    a3: Option<A3Report>,
 }
 
 /// Runs the analysis and prints (and writes) its report.
 pub async fn run(what: AnalyzeWhat) -> Result<(), String> {
-    let AnalyzeWhat::Stage1(args) = what;
+    match what {
+        AnalyzeWhat::Lb(args) => run_lb(args).await,
+        AnalyzeWhat::Db(args) => crate::analyze_db::run(args).await,
+    }
+}
+
+async fn run_lb(args: Stage1Args) -> Result<(), String> {
     if args.min_n == 0 || args.min_n > args.max_n || args.servers == 0 {
         return Err("need 1 <= --min-n <= --max-n and --servers >= 1".into());
     }
-    let report = if args.live { live(&args).await? } else { in_process(&args)? };
+    let progress = Progress::start();
+    let report = async {
+        let mut report =
+            if args.live { live(&args, &progress).await? } else { in_process(&args, &progress)? };
+        if !args.a3.no_a3 {
+            report.a3 = Some(crate::analyze_lb_failover::run(&args.a3, &progress).await?);
+        }
+        Ok::<_, String>(report)
+    }
+    .await;
+    progress.finish();
+    let report = report?;
     let md = markdown(&report);
     print!("{md}");
     if let Some(dir) = &args.out {
@@ -106,12 +136,16 @@ pub async fn run(what: AnalyzeWhat) -> Result<(), String> {
         write("report.md", &md)?;
         a1_chart(&dir.join("a1.svg"), &report)?;
         a2_chart(&dir.join("a2.svg"), &report)?;
-        eprintln!("wrote {}/{{report.md,a1.svg,a2.svg}}", dir.display());
+        if let Some(a3) = &report.a3 {
+            crate::analyze_lb_failover::chart(&dir.join("a3.svg"), a3)?;
+        }
+        eprintln!("wrote {}/{{report.md,a1.svg,a2.svg,a3.svg}}", dir.display());
     }
     Ok(())
 }
 
-fn in_process(args: &Stage1Args) -> Result<Report, String> {
+fn in_process(args: &Stage1Args, progress: &Progress) -> Result<Report, String> {
+    progress.stage("A-1, A-2, A-4: in-process on the ring", 0);
     let kinds = if args.hash.is_empty() { RingKind::families() } else { args.hash.clone() };
     let mut rng = StdRng::seed_from_u64(args.seed);
     let requests = analysis::random_request_ids(args.requests, &mut rng);
@@ -155,6 +189,7 @@ fn in_process(args: &Stage1Args) -> Result<Report, String> {
         a2,
         ns: (args.min_n..=args.max_n).collect(),
         notes,
+        a3: None,
     })
 }
 
@@ -198,25 +233,31 @@ async fn send(
     addr: SocketAddr,
     requests: usize,
     concurrency: usize,
+    progress: &Progress,
 ) -> Result<(HashMap<String, u64>, u64), String> {
     let left = Arc::new(AtomicUsize::new(requests));
     let counts: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
     let mut tasks = Vec::new();
     for _ in 0..concurrency.max(1) {
         let mut c = connect(addr).await?;
-        let (left, counts) = (left.clone(), counts.clone());
+        let (left, counts, progress) = (left.clone(), counts.clone(), progress.clone());
         tasks.push(tokio::spawn(async move {
             let mut errors = 0u64;
             while left
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                 .is_ok()
             {
+                progress.inc(1);
                 match c.json("GET", "/home", None).await {
                     Ok((200, js)) => {
                         let msg = js["message"].as_str().unwrap_or("");
                         match msg.strip_prefix("Hello from Server: ") {
                             Some(name) => {
-                                *counts.lock().unwrap().entry(name.to_string()).or_insert(0) += 1
+                                *counts
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .entry(name.to_string())
+                                    .or_insert(0) += 1
                             }
                             None => errors += 1,
                         }
@@ -238,11 +279,11 @@ async fn send(
     for t in tasks {
         errors += t.await.map_err(|e| e.to_string())?;
     }
-    let counts = counts.lock().unwrap().clone();
+    let counts = counts.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Ok((counts, errors))
 }
 
-async fn live(args: &Stage1Args) -> Result<Report, String> {
+async fn live(args: &Stage1Args, progress: &Progress) -> Result<Report, String> {
     let mut c = connect(args.http).await?;
     let metrics =
         c.request("GET", "/metrics", b"").await.map_err(|e| format!("GET /metrics: {e}"))?;
@@ -260,7 +301,8 @@ async fn live(args: &Stage1Args) -> Result<Report, String> {
         args.http, args.concurrency
     )];
     let names = set_n(&mut c, args.servers).await?;
-    let (counts, errors) = send(args.http, args.requests, args.concurrency).await?;
+    progress.stage(format!("A-1: live, N = {}", args.servers), args.requests as u64);
+    let (counts, errors) = send(args.http, args.requests, args.concurrency, progress).await?;
     if errors > 0 {
         notes.push(format!("A-1: {errors} requests failed"));
     }
@@ -272,7 +314,8 @@ async fn live(args: &Stage1Args) -> Result<Report, String> {
     let mut rows = Vec::new();
     for n in args.min_n..=args.max_n {
         let names = set_n(&mut c, n).await?;
-        let (counts, errors) = send(args.http, args.requests, args.concurrency).await?;
+        progress.stage(format!("A-2: live, N = {n}"), args.requests as u64);
+        let (counts, errors) = send(args.http, args.requests, args.concurrency, progress).await?;
         if errors > 0 {
             notes.push(format!("A-2, N = {n}: {errors} requests failed"));
         }
@@ -286,6 +329,7 @@ async fn live(args: &Stage1Args) -> Result<Report, String> {
         a2: vec![(label, rows)],
         ns: (args.min_n..=args.max_n).collect(),
         notes,
+        a3: None,
     })
 }
 
@@ -339,6 +383,10 @@ fn markdown(r: &Report) -> String {
             let _ = write!(s, " {:.0} / {} ({:.2}) |", st.mean, st.max, st.max_over_mean());
         }
         let _ = writeln!(s);
+    }
+    if let Some(a3) = &r.a3 {
+        let _ = writeln!(s);
+        s.push_str(&crate::analyze_lb_failover::markdown(a3));
     }
     let _ = writeln!(s, "\nNotes:");
     for n in &r.notes {

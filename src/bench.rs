@@ -287,20 +287,46 @@ struct PhaseResult {
 
 impl PhaseResult {
     fn line(&self, name: &str, clients: usize) -> String {
-        let mut l = self.latencies_us.clone();
-        l.sort_unstable();
-        let pct = |p: f64| {
-            l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or(0)
-        };
+        let p = Percentiles::of(&self.latencies_us);
         format!(
             "| {name} | {clients} | {:.0} | {:.2} ms | {:.2} ms |",
             self.ops as f64 / self.elapsed.as_secs_f64(),
-            pct(0.50) as f64 / 1000.0,
-            pct(0.99) as f64 / 1000.0
+            p.p50_ms,
+            p.p99_ms
         )
     }
+}
+
+/// Latency percentiles of one phase (every benchmark reports these two).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Percentiles {
+    /// Median, in milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile, in milliseconds.
+    pub p99_ms: f64,
+}
+
+impl Percentiles {
+    /// From latency samples in microseconds (any order; none gives zeros).
+    pub fn of(latencies_us: &[u32]) -> Percentiles {
+        let mut l = latencies_us.to_vec();
+        l.sort_unstable();
+        Percentiles {
+            p50_ms: percentile(&l, 0.50) as f64 / 1000.0,
+            p99_ms: percentile(&l, 0.99) as f64 / 1000.0,
+        }
+    }
+}
+
+/// The `p` quantile (0..=1) of `sorted` by the nearest-rank rule; 0 when empty.
+pub(crate) fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
+    let i = ((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(i).copied().unwrap_or_default()
+}
+
+/// A latency in microseconds, saturated to what a sample holds.
+pub(crate) fn micros(d: Duration) -> u32 {
+    d.as_micros().min(u32::MAX as u128) as u32
 }
 
 async fn run_phase<F>(
@@ -371,7 +397,7 @@ where
                         }
                     }
                 }
-                lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                lat.push(micros(t.elapsed()));
                 i += 1;
             }
             Ok::<_, String>(lat)
@@ -414,27 +440,9 @@ pub struct LbBench {
 pub async fn run_lb(b: LbBench) -> Result<(), String> {
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
     let (mut node, _, node_http) = spawn_node(&tmp.path().join("direct"), "Direct").await?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut up = tokio::process::Command::new(exe)
-        .args(["up", "--http", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--hash", &b.hash])
-        .args(["--servers", &b.servers.to_string()])
-        .arg("--data-dir")
-        .arg(tmp.path().join("up"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start up: {e}"))?;
+    let up = crate::procs::UpChild::start(b.servers, &["--hash", &b.hash], "warn").await?;
+    let router = up.http;
     let result = async {
-        let stdout = up.stdout.take().ok_or("no stdout")?;
-        let mut line = String::new();
-        tokio::io::BufReader::new(stdout).read_line(&mut line).await.map_err(|e| e.to_string())?;
-        let router: SocketAddr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("http="))
-            .ok_or_else(|| format!("up did not report its address: {line:?}"))?
-            .parse()
-            .map_err(|e| format!("bad address in {line:?}: {e}"))?;
         // Wait (bounded) until every replica is up.
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut c = client::HttpClient::connect(router).await.map_err(|e| e.to_string())?;
@@ -467,12 +475,8 @@ pub async fn run_lb(b: LbBench) -> Result<(), String> {
         ])
     }
     .await;
-    if let Some(pid) = up.id() {
-        // SIGTERM lets up stop its replicas itself.
-        let _ =
-            tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
-        let _ = tokio::time::timeout(Duration::from_secs(10), up.wait()).await;
-    }
+    // SIGTERM lets up stop its replicas itself; the guard kills whatever is left.
+    up.stop().await;
     let _ = node.kill().await;
     let lines = result?;
     println!("| phase | clients | ops/s | p50 | p99 |");

@@ -7,8 +7,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod analyze;
+mod analyze_db;
+mod analyze_lb_failover;
 mod bench;
+mod bench_db;
 mod cluster;
+mod procs;
+mod progress;
 
 #[derive(Parser)]
 #[command(
@@ -46,12 +51,14 @@ enum Command {
     Manager(cluster::ManagerArgs),
     /// Run a router alone against a running shard manager (several may share one).
     Lb(cluster::LbArgs),
-    /// Analyses of the assignment; `analyze stage1` is.
+    /// Analyses of the assignment: `analyze lb` (stage 1: A-1..A-4; alias `stage1`) and
+    /// `analyze db` (stages 2 and 3: A-1..A-3 with charts).
     Analyze {
         #[command(subcommand)]
         what: analyze::AnalyzeWhat,
     },
-    /// Benchmarks; `bench node` measures one node's durable writes and reads.
+    /// Benchmarks: `bench node` (one node), `bench lb` (the router's cost), `bench db` (the
+    /// sharded database through the router).
     Bench {
         #[command(subcommand)]
         what: BenchWhat,
@@ -64,6 +71,9 @@ enum BenchWhat {
     Node(bench::NodeBench),
     /// GET /home through the router against the same load straight to one node.
     Lb(bench::LbBench),
+    /// The database analyses A-1..A-3: single-row writes and reads through the router on a
+    /// cluster it starts, every acknowledged row checked; optional primary failover.
+    Db(bench_db::DbBench),
 }
 
 fn main() -> ExitCode {
@@ -98,9 +108,12 @@ fn main() -> ExitCode {
             Command::Up(args) => cluster::up(args, shutdown_signal()).await,
             Command::Manager(args) => cluster::manager(args, shutdown_signal()).await,
             Command::Lb(args) => cluster::lb(args, shutdown_signal()).await,
-            Command::Analyze { what } => analyze::run(what).await,
-            Command::Bench { what: BenchWhat::Node(b) } => bench::run(b).await,
-            Command::Bench { what: BenchWhat::Lb(b) } => bench::run_lb(b).await,
+            // These start clusters of their own: on Ctrl-C / SIGTERM their future is dropped,
+            // and with it the guards that kill every process they started.
+            Command::Analyze { what } => interruptible(analyze::run(what)).await,
+            Command::Bench { what: BenchWhat::Node(b) } => interruptible(bench::run(b)).await,
+            Command::Bench { what: BenchWhat::Lb(b) } => interruptible(bench::run_lb(b)).await,
+            Command::Bench { what: BenchWhat::Db(b) } => interruptible(bench_db::run(b)).await,
         }
     });
     match result {
@@ -109,6 +122,17 @@ fn main() -> ExitCode {
             eprintln!("shardgate: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Runs `work` unless Ctrl-C or SIGTERM comes first (then `work` is dropped: its child
+/// processes are killed by their guards) and the answer is an error.
+async fn interruptible(
+    work: impl std::future::Future<Output = Result<(), String>>,
+) -> Result<(), String> {
+    tokio::select! {
+        r = work => r,
+        _ = shutdown_signal() => Err("interrupted; every process it started was stopped".into()),
     }
 }
 
