@@ -68,6 +68,20 @@ pub struct DbBench {
     /// Write results.md and results.csv (and failover.csv) into this directory.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// The router's door the client uses: `http` (the contract's JSON endpoints, one
+    /// keep-alive connection per call in flight) or `binary` (the Rust client over the binary
+    /// protocol: every call pipelined on one connection).
+    #[arg(long, default_value = "http")]
+    pub door: Door,
+}
+
+/// Which of the router's doors `bench db` sends its requests through.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Door {
+    /// HTTP/1.1 JSON.
+    Http,
+    /// The binary protocol.
+    Binary,
 }
 
 /// One of the assignment's configurations.
@@ -256,6 +270,8 @@ pub struct DbReport {
     pub seed: u64,
     /// Concurrent writers of the failover phase.
     pub failover_writers: usize,
+    /// The router's door the requests went through ("" = HTTP).
+    pub door: String,
     /// Every phase of every run.
     pub phases: Vec<PhaseRow>,
     /// Every failover run.
@@ -309,6 +325,10 @@ pub async fn measure(b: &DbBench, progress: &Progress) -> Result<DbReport, Strin
         rows: b.rows,
         seed: b.seed,
         failover_writers: b.failover_writers,
+        door: match b.door {
+            Door::Http => String::new(),
+            Door::Binary => "binary".into(),
+        },
         ..DbReport::default()
     };
     let mut first = true;
@@ -367,8 +387,10 @@ async fn one_run(
             request_timeout: CALL_TIMEOUT,
             ..DbOptions::default()
         };
-        let db = Db::connect_with(up.http, options)
-            .await
+        let db = match b.door {
+            Door::Http => Db::connect_with(up.http, options).await,
+            Door::Binary => Db::connect_binary_with(up.binary, options).await,
+        }
         .map_err(|e| format!("cannot reach the router at {}: {e}", up.http))?;
         db.init(&layout.init_body()).await.map_err(|e| format!("{tag}: POST /init: {e}"))?;
         wait_ready(up.http, &db, layout).await.map_err(|e| format!("{tag}: {e}"))?;
@@ -993,9 +1015,17 @@ pub fn markdown(r: &DbReport) -> String {
         "Per run: a fresh `shardgate up --servers 0` with the configuration by `POST /init`; {} \
          single-row `POST /write`s of distinct random Stud_ids over the whole range (seed {}), \
          then {} single-key `POST /read`s (`low == high`) of the acknowledged ids in another \
-         random order, over keep-alive HTTP connections (`client::Db`). Latencies are per \
-         request; rows/s = acknowledged rows / wall time.\n",
-        r.rows, r.seed, r.rows
+         random order, {}. Latencies are per request; rows/s = acknowledged rows / wall time.\n",
+        r.rows,
+        r.seed,
+        r.rows,
+        if r.door == "binary" {
+            "through the router's binary door (`client::Db::connect_binary`: the same requests, \
+             every one pipelined on a single connection; \"connections\" is the number of calls \
+             in flight)"
+        } else {
+            "over keep-alive HTTP connections (`client::Db`)"
+        }
     );
     let _ = writeln!(
         s,

@@ -117,6 +117,8 @@ pub struct UpChild {
     child: Child,
     /// The router's HTTP address.
     pub http: SocketAddr,
+    /// The router's binary protocol door.
+    pub binary: SocketAddr,
     log: Arc<Mutex<Vec<LogLine>>>,
     // Dropped after the processes are gone (fields drop after `Drop::drop`).
     _dir: tempfile::TempDir,
@@ -176,7 +178,8 @@ impl UpChild {
             });
         }
         let stdout = child.stdout.take().ok_or("shardgate up: no stdout pipe")?;
-        let mut guard = UpChild { child, http: ([127, 0, 0, 1], 0).into(), log, _dir: dir };
+        let unset = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut guard = UpChild { child, http: unset, binary: unset, log, _dir: dir };
         let mut lines = BufReader::new(stdout).lines();
         let line = match tokio::time::timeout(UP_START_TIMEOUT, lines.next_line()).await {
             Ok(Ok(Some(line))) => line,
@@ -190,12 +193,15 @@ impl UpChild {
         };
         // Keep the pipe drained so up never blocks on a full stdout.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        guard.http = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("http="))
-            .ok_or_else(|| format!("shardgate up did not report its address: {line:?}"))?
-            .parse()
-            .map_err(|e| format!("bad address in {line:?}: {e}"))?;
+        let field = |name: &str| -> Result<SocketAddr, String> {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .ok_or_else(|| format!("shardgate up did not report its {name} address: {line:?}"))?
+                .parse()
+                .map_err(|e| format!("bad address in {line:?}: {e}"))
+        };
+        guard.http = field("http=")?;
+        guard.binary = field("binary=")?;
         Ok(guard)
     }
 
