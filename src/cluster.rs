@@ -12,7 +12,9 @@ use lb::key::{KeySource, KEY_HELP};
 use lb::manager::{Manager, ManagerConfig};
 use lb::ring::{RingKind, HASH_HELP};
 use lb::router::{Router, RouterConfig};
-use lb::spawner::{ProcessConfig, ProcessSpawner, Spawner, SpawnerKind, DOCKER_NOT_BUILT};
+use lb::spawner::{
+    DockerConfig, DockerSpawner, ProcessConfig, ProcessSpawner, Spawner, SpawnerKind,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +53,27 @@ pub struct ManagerArgs {
     /// Address the replicas listen on (each on a port the OS picks).
     #[arg(long, default_value = "127.0.0.1")]
     pub node_host: IpAddr,
+    /// --spawner docker: the image of the node containers (scripts/image.sh builds it).
+    #[arg(long, default_value = "shardgate:latest")]
+    pub docker_image: String,
+    /// --spawner docker: the Docker network node containers join (it must exist).
+    #[arg(long, default_value = "shardgate_net")]
+    pub docker_network: String,
+    /// --spawner docker: the Docker engine's unix socket.
+    #[arg(long, default_value = "/var/run/docker.sock")]
+    pub docker_socket: PathBuf,
+    /// --spawner docker: the deployment's name, the label on every container and volume
+    /// the manager creates (teardowns remove exactly these) and its volumes' prefix.
+    #[arg(long, default_value = "shardgate")]
+    pub docker_project: String,
+    /// --spawner docker: prefix of container names (container = prefix + server name).
+    #[arg(long, default_value = "")]
+    pub docker_prefix: String,
+    /// --spawner docker: first port node containers listen on (inside their network); each
+    /// new container takes the next pair (HTTP shim, binary protocol), so a replaced node
+    /// never has its predecessor's address.
+    #[arg(long, default_value_t = 20000)]
+    pub node_port: u16,
 }
 
 /// Flags of the router (in `up` and `lb`).
@@ -98,7 +121,19 @@ pub struct LbArgs {
 
 fn spawner(args: &ManagerArgs) -> Result<Arc<dyn Spawner>, String> {
     match args.spawner {
-        SpawnerKind::Docker => Err(DOCKER_NOT_BUILT.to_string()),
+        SpawnerKind::Docker => {
+            let spawner = DockerSpawner::new(DockerConfig {
+                socket: args.docker_socket.clone(),
+                image: args.docker_image.clone(),
+                network: args.docker_network.clone(),
+                project: args.docker_project.clone(),
+                prefix: args.docker_prefix.clone(),
+                first_port: args.node_port,
+                // Nodes log like the manager does.
+                log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            })?;
+            Ok(Arc::new(spawner))
+        }
         SpawnerKind::Process => {
             let exe = std::env::current_exe()
                 .map_err(|e| format!("cannot find the shardgate executable: {e}"))?;

@@ -85,6 +85,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Err(e) = load_cluster_secret() {
+        eprintln!("shardgate: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -134,6 +138,22 @@ async fn interruptible(
         r = work => r,
         _ = shutdown_signal() => Err("interrupted; every process it started was stopped".into()),
     }
+}
+
+/// The cluster secret from `SHARDGATE_SECRET_FILE` (a file holding it), if set: every
+/// binary-protocol connection of this process then authenticates both ends with it (see
+/// `protocol::auth`). Children (nodes started by `up` or `manager`) inherit the variable.
+fn load_cluster_secret() -> Result<(), String> {
+    let Some(path) = std::env::var_os("SHARDGATE_SECRET_FILE") else { return Ok(()) };
+    let secret = std::fs::read(&path).map_err(|e| {
+        format!("cannot read the cluster secret from {}: {e}", PathBuf::from(&path).display())
+    })?;
+    let secret = secret.trim_ascii();
+    if secret.is_empty() {
+        return Err(format!("the cluster secret file {} is empty", PathBuf::from(&path).display()));
+    }
+    protocol::auth::set_cluster_secret(secret);
+    Ok(())
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -1,10 +1,12 @@
 //! Stage 1 failures: a replica killed with SIGKILL is replaced under its name while requests
-//! keep being answered; SIGTERM (or SIGKILL) of `shardgate up` leaves no replica behind.
+//! keep being answered (by the next replica on the ring until then, so none fails); SIGTERM
+//! (or SIGKILL) of `shardgate up` leaves no replica behind.
 
 mod common;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{http, node_pid, node_pids, pid_alive, poll, signal, ClusterProc};
@@ -83,6 +85,76 @@ async fn a_killed_replica_is_replaced_under_its_name_while_requests_go_on() {
         metrics.contains("shardgate_replica_restarts_total{replica=\"Server2\"} 1"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_run_is_skipped_for_the_next_on_the_ring() {
+    let dir = tempfile::tempdir().unwrap();
+    // Keyed by the path, every /home goes to one replica: the one killed below.
+    let up = ClusterProc::up(3, dir.path(), &["--key", "path"]);
+    let lb = up.http();
+    let (status, body) = http(lb, "GET", "/home", None).await;
+    assert_eq!(status, 200, "{body}");
+    let first = body["message"].as_str().unwrap().trim_start_matches("Hello from Server: ");
+    let first = first.to_string();
+    let old = node_pid(up.pid(), &first).expect("the replica runs");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicU64::new(0));
+    let answered: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, failed, answered) = (stop.clone(), failed.clone(), answered.clone());
+        load.push(tokio::spawn(async move {
+            let mut c = client::HttpClient::connect(lb).await.unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                match c.json("GET", "/home", None).await {
+                    Ok((200, body)) => {
+                        let name = body["message"].as_str().unwrap_or_default();
+                        let name = name.trim_start_matches("Hello from Server: ").to_string();
+                        *answered.lock().unwrap().entry(name).or_default() += 1;
+                    }
+                    other => {
+                        eprintln!("failed: {other:?}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        if other.is_err() {
+                            c = client::HttpClient::connect(lb).await.unwrap();
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let others = || answered.lock().unwrap().iter().filter(|(n, _)| **n != first).count();
+    poll(Duration::from_secs(5), || async {
+        (answered.lock().unwrap().get(&first).copied().unwrap_or(0) > 50).then_some(())
+    })
+    .await
+    .expect("load runs");
+    assert_eq!(others(), 0, "{answered:?}");
+
+    signal(old, "KILL");
+    // Until the manager has replaced it, the next replica on the ring answers its requests.
+    poll(Duration::from_secs(10), || async { (others() > 0).then_some(()) })
+        .await
+        .expect("another replica answers while the killed one is down");
+    let root = up.pid();
+    let first_again = first.clone();
+    poll(Duration::from_secs(10), || {
+        let first = first_again.clone();
+        async move { node_pid(root, &first).filter(|&p| p != old) }
+    })
+    .await
+    .expect("the killed replica is replaced");
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    let answered = answered.lock().unwrap().clone();
+    eprintln!("answered {answered:?}");
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "{answered:?}");
+    // Exactly one other replica stood in: the next one on the ring.
+    assert_eq!(answered.len(), 2, "{answered:?}");
 }
 
 #[test]

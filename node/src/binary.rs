@@ -1,12 +1,20 @@
 //! The binary door: length-prefixed frames, a handshake, then pipelined requests; each
 //! request is handled in its own task and its answer is sent when ready, so answers may
 //! leave in another order than requests came.
+//!
+//! Two things keep the per-request cost low when a router forwards stage-1 requests at a
+//! high rate (a frame each, many per read):
+//! - a request that needs no storage work and is done at its first poll (`/home`,
+//!   heartbeats) is answered in place, without a task of its own, and
+//! - the writer lets the other ready tasks run once before it flushes, so the answers of a
+//!   whole batch of requests leave in one write rather than one write each.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use protocol::{ErrorBody, RequestFrame, ResponseFrame};
+use protocol::{ErrorBody, Request, RequestFrame, ResponseFrame};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -68,10 +76,15 @@ async fn connection(
     let (tx, mut rx) = mpsc::channel::<ResponseFrame>(RESPONSE_QUEUE);
     let writer = tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
-            sink.feed(protocol::wire::encode(&first)?).await?;
-            // Everything already queued goes out with one flush.
+            sink.feed(protocol::server::encode_answer(&first)?).await?;
+            // Everything already queued goes out with one flush. Woken by the first answer of
+            // a batch, the writer would otherwise run before the handlers of the rest.
             while let Ok(more) = rx.try_recv() {
-                sink.feed(protocol::wire::encode(&more)?).await?;
+                sink.feed(protocol::server::encode_answer(&more)?).await?;
+            }
+            tokio::task::yield_now().await;
+            while let Ok(more) = rx.try_recv() {
+                sink.feed(protocol::server::encode_answer(&more)?).await?;
             }
             sink.flush().await?;
         }
@@ -104,11 +117,21 @@ async fn connection(
                 break Err(e);
             }
         };
+        let RequestFrame { id, body } = req;
+        let in_place = answers_in_place(&body);
+        let n = node.clone();
+        let mut answer = Box::pin(async move { n.handle(body).await });
+        if in_place {
+            if let Poll::Ready(body) = futures::poll!(answer.as_mut()) {
+                let _ = tx.send(ResponseFrame { id, body }).await;
+                continue;
+            }
+        }
         let Ok(permit) = in_flight.clone().acquire_owned().await else { break Ok(()) };
-        let (node, tx) = (node.clone(), tx.clone());
+        let tx = tx.clone();
         tracker.spawn(async move {
-            let body = node.handle(req.body).await;
-            let _ = tx.send(ResponseFrame { id: req.id, body }).await;
+            let body = answer.await;
+            let _ = tx.send(ResponseFrame { id, body }).await;
             drop(permit);
         });
     };
@@ -120,4 +143,13 @@ async fn connection(
         Ok(Ok(())) => {}
     }
     result
+}
+
+/// Requests answered in the connection's own task when done at their first poll: they do no
+/// storage work, so they hold up the requests behind them no longer than a task switch
+/// would. Stage 1's forwarded requests (`/home`; a router serves the data endpoints itself)
+/// and heartbeats. Reads, writes and replication get tasks of their own, so a large one runs
+/// beside the others instead of before them; so does a forward that has to wait.
+fn answers_in_place(req: &Request) -> bool {
+    matches!(req, Request::Home | Request::Heartbeat | Request::Forward(_))
 }

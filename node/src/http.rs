@@ -1,18 +1,25 @@
 //! The HTTP shim: HTTP/1.1 (hyper's connection handling, no framework) translated to the
 //! same [`Request`]s the binary door serves, and their answers to the contract's JSON.
+//!
+//! The endpoint table and the JSON translation ([`answer`]) know nothing of hyper's
+//! connections: they take a method, a path and a body and give a status and a body. The
+//! HTTP door wraps that in a response, and a router's [`Request::Forward`] (stage 1, over
+//! the binary door) gets the very same answer ([`forwarded`]), so the two cannot differ.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, StatusCode};
 use protocol::json::{key_field, row_from_json, rows_from_json, rows_to_json};
 use protocol::{
-    ConfigReq, CopyReq, DeleteReq, ErrorBody, ReadReq, Request, Response, UpdateReq, WriteReq,
+    ConfigReq, CopyReq, DeleteReq, ErrorBody, ForwardReq, ReadReq, Request, Response, UpdateReq,
+    WriteReq,
 };
 use serde_json::{json, Value as Json};
 use tokio::net::TcpListener;
@@ -25,8 +32,20 @@ use crate::node::Node;
 pub const MAX_HTTP_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// A client must send a request's headers within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client must send a request's body within this time once its headers are in; one that
+/// stops half way would otherwise hold its connection for ever.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 type HttpResponse = hyper::Response<Full<Bytes>>;
+
+/// What an endpoint answers, whichever door the request came through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Answer {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// JSON text; empty for `/heartbeat` (and then sent without a content type).
+    pub body: Vec<u8>,
+}
 
 /// Accepts HTTP connections until `cancel`; each connection finishes its current request.
 pub(crate) async fn serve(
@@ -80,22 +99,64 @@ pub(crate) async fn serve(
 async fn handle(node: &Node, req: hyper::Request<Incoming>) -> HttpResponse {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let body = match Limited::new(req.into_body(), MAX_HTTP_BODY_BYTES).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            let err = if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                ErrorBody::too_large(format!(
-                    "request body is larger than {MAX_HTTP_BODY_BYTES} bytes"
-                ))
-            } else {
-                ErrorBody::bad_request(format!("cannot read the request body: {e}"))
-            };
-            return error_response(&err);
+    let body = req.into_body();
+    let too_large = || {
+        http_response(error_answer(&ErrorBody::too_large(format!(
+            "request body is larger than {MAX_HTTP_BODY_BYTES} bytes"
+        ))))
+    };
+    // A Content-Length over the limit is not refused before the body is read: hyper would
+    // then close the connection while a client that sends its whole body before reading
+    // still writes, and that client would see a broken pipe instead of the 413. A body that
+    // stops coming is cut off by the timeout instead.
+    let collect = Limited::new(body, MAX_HTTP_BODY_BYTES).collect();
+    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, collect).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return too_large();
+        }
+        Ok(Err(e)) => {
+            let err = ErrorBody::bad_request(format!("cannot read the request body: {e}"));
+            return http_response(error_answer(&err));
+        }
+        Err(_) => {
+            return http_response(json_answer(
+                StatusCode::REQUEST_TIMEOUT,
+                &json!({
+                    "message": format!("<Error> the request body did not arrive within {BODY_READ_TIMEOUT:?}"),
+                    "status": "failure"
+                }),
+            ));
         }
     };
-    match route(node, &method, &path, &body).await {
-        Ok(r) => r,
-        Err(e) => error_response(&e),
+    http_response(answer(node, &method, &path, &body).await)
+}
+
+/// The answer to [`Request::Forward`]: what the HTTP door would answer to the same method,
+/// path and body. Boxed because it calls [`Node::handle`], which calls it.
+pub(crate) fn forwarded(node: &Node, req: ForwardReq) -> BoxFuture<'_, Response> {
+    Box::pin(async move {
+        let a = match Method::from_bytes(req.method.as_bytes()) {
+            // The HTTP door routes by the path alone, without the query.
+            Ok(method) => {
+                let path = req.path.split_once('?').map_or(req.path.as_str(), |(p, _)| p);
+                answer(node, &method, path, &req.body).await
+            }
+            Err(_) => error_answer(&ErrorBody::bad_request(format!(
+                "invalid HTTP method {:?}",
+                req.method
+            ))),
+        };
+        Response::Forwarded { status: a.status.as_u16(), body: a.body }
+    })
+}
+
+/// Answers `method path` (no query) with `body`: the one endpoint table of the node's HTTP
+/// endpoints, for both doors.
+pub(crate) async fn answer(node: &Node, method: &Method, path: &str, body: &[u8]) -> Answer {
+    match route(node, method, path, body).await {
+        Ok(a) => a,
+        Err(e) => error_answer(&e),
     }
 }
 
@@ -113,17 +174,12 @@ fn allowed(path: &str) -> Option<&'static [Method]> {
     })
 }
 
-async fn route(
-    node: &Node,
-    method: &Method,
-    path: &str,
-    body: &[u8],
-) -> Result<HttpResponse, ErrorBody> {
+async fn route(node: &Node, method: &Method, path: &str, body: &[u8]) -> Result<Answer, ErrorBody> {
     let Some(methods) = allowed(path) else {
         return Err(ErrorBody::not_found(format!("'{path}' endpoint does not exist in server")));
     };
     if !methods.contains(method) {
-        return Ok(json_response(
+        return Ok(json_answer(
             StatusCode::METHOD_NOT_ALLOWED,
             &json!({
                 "message": format!("<Error> method {method} is not allowed on '{path}'"),
@@ -132,11 +188,11 @@ async fn route(
         ));
     }
     if path == "/heartbeat" {
-        return Ok(empty_response(StatusCode::OK));
+        return Ok(Answer { status: StatusCode::OK, body: Vec::new() });
     }
     if path == "/home" {
         let _ = node.handle(Request::Home).await?;
-        return Ok(json_response(
+        return Ok(json_answer(
             StatusCode::OK,
             &json!({"message": format!("Hello from Server: {}", node.name()), "status": "successful"}),
         ));
@@ -197,8 +253,8 @@ async fn route(
             return Err(ErrorBody::not_found(format!("'{path}' endpoint does not exist in server")))
         }
     };
-    let answer = node.handle(req).await?;
-    Ok(json_response(StatusCode::OK, &answer_json(node, answer, read_schema.as_ref())?))
+    let reply = node.handle(req).await?;
+    Ok(json_answer(StatusCode::OK, &answer_json(node, reply, read_schema.as_ref())?))
 }
 
 /// The contract's JSON for a successful answer.
@@ -266,21 +322,22 @@ fn string_list(body: &Json, name: &str) -> Result<Vec<String>, ErrorBody> {
         .collect()
 }
 
-fn error_response(e: &ErrorBody) -> HttpResponse {
+fn error_answer(e: &ErrorBody) -> Answer {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_response(status, &json!({"message": e.message, "status": "failure"}))
+    json_answer(status, &json!({"message": e.message, "status": "failure"}))
 }
 
-fn json_response(status: StatusCode, body: &Json) -> HttpResponse {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut r = hyper::Response::new(Full::new(Bytes::from(bytes)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
+fn json_answer(status: StatusCode, body: &Json) -> Answer {
+    Answer { status, body: serde_json::to_vec(body).unwrap_or_default() }
 }
 
-fn empty_response(status: StatusCode) -> HttpResponse {
-    let mut r = hyper::Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = status;
+/// The HTTP door's response: a JSON body with its content type, or an empty body.
+fn http_response(a: Answer) -> HttpResponse {
+    let json = !a.body.is_empty();
+    let mut r = hyper::Response::new(Full::new(Bytes::from(a.body)));
+    *r.status_mut() = a.status;
+    if json {
+        r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
     r
 }

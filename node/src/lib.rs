@@ -27,7 +27,7 @@ mod shard;
 mod snapshot;
 
 pub use error::{Error, Result};
-pub use http::MAX_HTTP_BODY_BYTES;
+pub use http::{BODY_READ_TIMEOUT, MAX_HTTP_BODY_BYTES};
 pub use node::Node;
 pub use server::{run, NodeConfig, NodeServer};
 pub use shard::{Change, Progress, Shard, ShardMeta, ShardOptions};

@@ -96,10 +96,7 @@ impl Node {
             Request::Append(r) => self.shard(&r.shard)?.append(r).await,
             Request::Snapshot(r) => self.shard(&r.shard)?.snapshot_chunk(r),
             Request::ReplicaStatus(r) => Ok(Response::Replica(self.shard(&r.shard)?.status())),
-            Request::Forward(_) => Err(ErrorBody::bad_request(format!(
-                "{} does not take forwarded HTTP requests on the binary protocol yet",
-                self.name
-            ))),
+            Request::Forward(f) => Ok(crate::http::forwarded(self, f).await),
             Request::Once(o) => self.once(o).await,
             Request::DbRead(_)
             | Request::DbWrite(_)

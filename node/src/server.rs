@@ -15,6 +15,8 @@ use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::shard::ShardOptions;
 
+/// How long a starting node waits for its logs' locks held by another process.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for in-flight requests before it stops anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -45,10 +47,24 @@ pub struct NodeServer {
 impl NodeServer {
     /// Opens the node's data (recovering every shard) and starts serving.
     pub async fn start(cfg: NodeConfig) -> Result<NodeServer> {
-        let (name, dir, opts) = (cfg.name.clone(), cfg.data_dir.clone(), cfg.shard.clone());
-        let node = tokio::task::spawn_blocking(move || Node::open(&name, &dir, opts))
-            .await
-            .map_err(|e| Error::io("open node", &cfg.data_dir, std::io::Error::other(e)))??;
+        let waiting_since = std::time::Instant::now();
+        let node = loop {
+            let (name, dir, opts) = (cfg.name.clone(), cfg.data_dir.clone(), cfg.shard.clone());
+            let opened =
+                tokio::task::spawn_blocking(move || Node::open(&name, &dir, opts))
+                    .await
+                    .map_err(|e| Error::io("open node", &cfg.data_dir, std::io::Error::other(e)))?;
+            match opened {
+                // The process that had these logs open may still be exiting (killed with its
+                // shard manager a moment ago, say): its locks go with it.
+                Err(Error::Wal(wal::Error::Locked { .. }))
+                    if waiting_since.elapsed() < LOCK_WAIT =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => break other?,
+            }
+        };
         let node = Arc::new(node);
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)

@@ -681,7 +681,12 @@ impl Shard {
             return Ok(());
         }
         if let Some(why) = p.failed {
-            return Err(ErrorBody::internal(format!("shard {} lost its log: {why}", self.core.id)));
+            // The record may already be durable on a majority of the secondaries, and a new
+            // primary then commits it: the outcome is unknown, as after a lost connection.
+            return Err(ErrorBody::internal(format!(
+                "shard {} lost its log: {why}; the write may or may not have been applied",
+                self.core.id
+            )));
         }
         if p.closing {
             return Err(ErrorBody::unavailable(format!(

@@ -870,6 +870,7 @@ async fn refused_hello(server: &NodeServer, hello: &Hello) -> String {
         HelloReply::Ok { version, name } => {
             panic!("{name} accepted the hello of {hello:?} with version {version}")
         }
+        HelloReply::Challenge { .. } => panic!("a node without a secret asked for one"),
     };
     let after = frames_until_closed(&mut framed).await;
     assert!(after.is_empty(), "{} frames after the refusal", after.len());

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
+use crate::auth;
 use crate::error::{Error, Result};
 use crate::wire;
 
@@ -20,7 +21,7 @@ use crate::wire;
 pub const MAGIC: [u8; 4] = *b"SGP\x01";
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The caller's first frame.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -31,12 +32,14 @@ pub struct Hello {
     pub version: u16,
     /// Who is calling, for the server's logs.
     pub peer: String,
+    /// The caller's random nonce, for the cluster authentication (see [`crate::auth`]).
+    pub nonce: [u8; auth::NONCE_LEN],
 }
 
 impl Hello {
-    /// The hello this build sends, naming the caller `peer`.
+    /// The hello this build sends, naming the caller `peer`, with a fresh nonce.
     pub fn new(peer: impl Into<String>) -> Hello {
-        Hello { magic: MAGIC, version: PROTOCOL_VERSION, peer: peer.into() }
+        Hello { magic: MAGIC, version: PROTOCOL_VERSION, peer: peer.into(), nonce: auth::nonce() }
     }
 }
 
@@ -54,6 +57,14 @@ pub enum HelloReply {
     Err {
         /// Why, for the caller's logs.
         message: String,
+    },
+    /// The server has a cluster secret: it proves it knows it, and asks the caller to prove
+    /// it too (an [`auth::AuthProof`] frame), before its `Ok` (see [`crate::auth`]).
+    Challenge {
+        /// The server's random nonce.
+        nonce: [u8; auth::NONCE_LEN],
+        /// HMAC(secret, "server" | caller nonce | server nonce).
+        proof: [u8; auth::PROOF_LEN],
     },
 }
 
@@ -122,11 +133,45 @@ async fn handshake_as<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
+    handshake_as_with(framed, hello, auth::secret()).await
+}
+
+async fn handshake_as_with<T>(
+    framed: &mut Framed<T, LengthDelimitedCodec>,
+    hello: &Hello,
+    secret: Option<&[u8]>,
+) -> Result<String>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
     send_msg(framed, hello).await?;
     let frame = recv_frame(framed).await?;
-    let reply = wire::decode::<HelloReply>(&frame).map_err(|e| {
+    let mut reply = wire::decode::<HelloReply>(&frame).map_err(|e| {
         Error::Handshake(format!("bad reply: the server is not a shardgate peer; {e}"))
     })?;
+    if let HelloReply::Challenge { nonce, proof } = reply {
+        let Some(secret) = secret else {
+            return Err(Error::Handshake(
+                "the server requires the cluster secret, which this process does not have \
+                 (--secret-file or SHARDGATE_SECRET_FILE)"
+                    .into(),
+            ));
+        };
+        if !auth::verify_server(secret, &hello.nonce, &nonce, &proof) {
+            return Err(Error::Handshake(
+                "the server's proof of the cluster secret is wrong: it has another secret".into(),
+            ));
+        }
+        let answer = auth::AuthProof { proof: auth::caller_proof(secret, &nonce, &hello.nonce) };
+        send_msg(framed, &answer).await?;
+        let frame = recv_frame(framed).await?;
+        reply = wire::decode::<HelloReply>(&frame)
+            .map_err(|e| Error::Handshake(format!("bad reply after authentication; {e}")))?;
+    } else if let (HelloReply::Ok { name, .. }, true) = (&reply, secret.is_some()) {
+        return Err(Error::Handshake(format!(
+            "server '{name}' did not prove the cluster secret; refusing to talk to it"
+        )));
+    }
     match reply {
         HelloReply::Ok { version, name } if version == hello.version => Ok(name),
         HelloReply::Ok { version, name } => Err(Error::Handshake(format!(
@@ -134,6 +179,9 @@ where
             hello.version
         ))),
         HelloReply::Err { message } => Err(Error::Handshake(message)),
+        HelloReply::Challenge { .. } => {
+            Err(Error::Handshake("the server asked for authentication twice".into()))
+        }
     }
 }
 
@@ -148,6 +196,19 @@ where
     handshake_as(framed, &Hello::new(peer_name)).await
 }
 
+/// [`client_handshake`] with an explicit cluster secret (`None`: none) instead of the
+/// process's.
+pub async fn client_handshake_with<T>(
+    framed: &mut Framed<T, LengthDelimitedCodec>,
+    peer_name: &str,
+    secret: Option<&[u8]>,
+) -> Result<String>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    handshake_as_with(framed, &Hello::new(peer_name), secret).await
+}
+
 /// Server side of the handshake, answering as `server_name`; returns the caller's hello.
 /// A caller that is not a shardgate peer or speaks another version is told why (a
 /// `HelloReply::Err`) and the same message comes back as [`Error::Handshake`]; the caller
@@ -159,9 +220,38 @@ pub async fn server_handshake<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
+    server_handshake_with(framed, server_name, auth::secret()).await
+}
+
+/// [`server_handshake`] with an explicit cluster secret (`None`: none) instead of the
+/// process's.
+pub async fn server_handshake_with<T>(
+    framed: &mut Framed<T, LengthDelimitedCodec>,
+    server_name: &str,
+    secret: Option<&[u8]>,
+) -> Result<Hello>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
     let frame = recv_frame(framed).await?;
     match read_hello(&frame) {
         Ok(hello) => {
+            if let Some(secret) = secret {
+                let nonce = auth::nonce();
+                let proof = auth::server_proof(secret, &hello.nonce, &nonce);
+                send_msg(framed, &HelloReply::Challenge { nonce, proof }).await?;
+                let frame = recv_frame(framed).await?;
+                let proved = wire::decode::<auth::AuthProof>(&frame)
+                    .is_ok_and(|p| auth::verify_caller(secret, &nonce, &hello.nonce, &p.proof));
+                if !proved {
+                    let message = format!(
+                        "authentication failed: '{}' does not know the cluster secret",
+                        hello.peer
+                    );
+                    let _ = send_msg(framed, &HelloReply::Err { message: message.clone() }).await;
+                    return Err(Error::Handshake(message));
+                }
+            }
             let reply = HelloReply::Ok { version: PROTOCOL_VERSION, name: server_name.to_string() };
             send_msg(framed, &reply).await?;
             Ok(hello)
@@ -180,6 +270,13 @@ mod tests {
     use super::*;
     use crate::codec::framed;
 
+    fn newer_message() -> String {
+        format!(
+            "protocol version {} not supported; this server speaks version {PROTOCOL_VERSION}",
+            PROTOCOL_VERSION + 1
+        )
+    }
+
     #[test]
     fn check_hello_explains_refusals() {
         assert_eq!(check_hello(&Hello::new("lb")), Ok(()));
@@ -187,31 +284,26 @@ mod tests {
         assert!(check_hello(&bad_magic)
             .unwrap_err()
             .starts_with("bad magic: this is not a shardgate peer"));
-        let v3 = Hello { version: 3, ..Hello::new("x") };
-        assert_eq!(
-            check_hello(&v3).unwrap_err(),
-            "protocol version 3 not supported; this server speaks version 2"
-        );
+        let newer = Hello { version: PROTOCOL_VERSION + 1, ..Hello::new("x") };
+        assert_eq!(check_hello(&newer).unwrap_err(), newer_message());
     }
 
     #[test]
     fn a_longer_future_hello_still_gets_the_version_message() {
         #[derive(Serialize)]
-        struct HelloV3 {
+        struct HelloNext {
             magic: [u8; 4],
             version: u16,
-            peer: String,
             features: Vec<String>,
         }
-        let frame = wire::encode(&HelloV3 {
+        let frame = wire::encode(&HelloNext {
             magic: MAGIC,
-            version: 3,
-            peer: "new".into(),
+            version: PROTOCOL_VERSION + 1,
             features: vec!["zstd".into()],
         })
         .unwrap();
         let msg = read_hello(&frame).unwrap_err();
-        assert_eq!(msg, "protocol version 3 not supported; this server speaks version 2");
+        assert_eq!(msg, newer_message());
     }
 
     #[test]
@@ -225,12 +317,12 @@ mod tests {
     async fn a_client_of_another_version_is_refused_on_both_sides() {
         let (a, b) = tokio::io::duplex(4096);
         let (mut client, mut server) = (framed(a), framed(b));
-        let hello = Hello { version: 3, ..Hello::new("future-client") };
+        let hello = Hello { version: PROTOCOL_VERSION + 1, ..Hello::new("future-client") };
         let (c, s) = tokio::join!(
             handshake_as(&mut client, &hello),
             server_handshake(&mut server, "Server1")
         );
-        let expected = "protocol version 3 not supported; this server speaks version 2";
+        let expected = newer_message();
         match (c, s) {
             (Err(Error::Handshake(cm)), Err(Error::Handshake(sm))) => {
                 assert_eq!(cm, expected);
@@ -258,6 +350,68 @@ mod tests {
         }
     }
 
+    /// Runs both sides of a handshake with the given secrets.
+    async fn both(
+        client_secret: Option<&[u8]>,
+        server_secret: Option<&[u8]>,
+    ) -> (Result<String>, Result<Hello>) {
+        let (a, b) = tokio::io::duplex(4096);
+        let (mut client, mut server) = (framed(a), framed(b));
+        // The caller drops its end when it gives up, as a real one closes the connection.
+        let caller = async move { client_handshake_with(&mut client, "lb", client_secret).await };
+        tokio::join!(caller, server_handshake_with(&mut server, "Server1", server_secret))
+    }
+
+    #[tokio::test]
+    async fn the_same_secret_on_both_sides_authenticates() {
+        let (c, s) = both(Some(b"sesame"), Some(b"sesame")).await;
+        assert_eq!(c.unwrap(), "Server1");
+        assert_eq!(s.unwrap().peer, "lb");
+        let (c, s) = both(None, None).await;
+        assert!(c.is_ok() && s.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_wrong_or_missing_secret_is_refused_on_both_sides() {
+        // Wrong secret: the caller finds the server's proof wrong and stops; the server
+        // never sees a valid proof.
+        let (c, s) = both(Some(b"guess"), Some(b"sesame")).await;
+        assert!(
+            matches!(&c, Err(Error::Handshake(m)) if m.contains("proof of the cluster secret is wrong")),
+            "{c:?}"
+        );
+        assert!(s.is_err(), "{s:?}");
+        // No secret against a server that has one.
+        let (c, s) = both(None, Some(b"sesame")).await;
+        assert!(
+            matches!(&c, Err(Error::Handshake(m)) if m.contains("requires the cluster secret")),
+            "{c:?}"
+        );
+        assert!(s.is_err(), "{s:?}");
+        // A caller with a secret refuses a server without one (it could be anyone).
+        let (c, _) = both(Some(b"sesame"), None).await;
+        assert!(matches!(&c, Err(Error::Handshake(m)) if m.contains("did not prove")), "{c:?}");
+    }
+
+    #[tokio::test]
+    async fn a_forged_proof_is_refused_by_the_server() {
+        let (a, b) = tokio::io::duplex(4096);
+        let (mut client, mut server) = (framed(a), framed(b));
+        let forger = async {
+            send_msg(&mut client, &Hello::new("mallory")).await?;
+            let _challenge = recv_frame(&mut client).await?;
+            send_msg(&mut client, &auth::AuthProof { proof: [7; auth::PROOF_LEN] }).await?;
+            let reply = recv_frame(&mut client).await?;
+            Ok::<_, Error>(wire::decode::<HelloReply>(&reply)?)
+        };
+        let (f, s) = tokio::join!(forger, server_handshake_with(&mut server, "S", Some(b"k")));
+        match f.unwrap() {
+            HelloReply::Err { message } => assert!(message.contains("authentication failed")),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(s, Err(Error::Handshake(_))));
+    }
+
     #[tokio::test]
     async fn a_server_of_another_version_is_refused_by_the_client() {
         let (a, b) = tokio::io::duplex(4096);
@@ -270,7 +424,10 @@ mod tests {
         assert!(s.is_ok(), "{s:?}");
         match c {
             Err(Error::Handshake(m)) => {
-                assert_eq!(m, "server 'S9' speaks protocol version 9; this client speaks version 2")
+                let want = format!(
+                    "server 'S9' speaks protocol version 9; this client speaks version {PROTOCOL_VERSION}"
+                );
+                assert_eq!(m, want)
             }
             other => panic!("expected a handshake error, got {other:?}"),
         }

@@ -18,6 +18,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod codec;
 pub mod error;
 pub mod handshake;
@@ -30,7 +31,8 @@ pub mod wire;
 pub use codec::{frame_codec, framed, MAX_FRAME_LEN};
 pub use error::{Error, Result};
 pub use handshake::{
-    check_hello, client_handshake, server_handshake, Hello, HelloReply, MAGIC, PROTOCOL_VERSION,
+    check_hello, client_handshake, client_handshake_with, server_handshake, server_handshake_with,
+    Hello, HelloReply, MAGIC, PROTOCOL_VERSION,
 };
 pub use json::{parse_key, row_from_json, row_to_json, FieldError};
 pub use message::{

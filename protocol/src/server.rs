@@ -15,6 +15,24 @@ use tokio_util::task::TaskTracker;
 
 use crate::{ErrorBody, Request, RequestFrame, Response, ResponseFrame};
 
+/// Encodes an answer for its frame. An answer too large for one frame (a read of a huge
+/// range, say) becomes a 413 for the same request: the codec would refuse the frame, the
+/// connection's writer would stop, and the caller (and every later caller on the connection)
+/// would wait for an answer that never comes.
+pub fn encode_answer(frame: &ResponseFrame) -> crate::Result<bytes::Bytes> {
+    let bytes = crate::wire::encode(frame)?;
+    if bytes.len() <= crate::MAX_FRAME_LEN {
+        return Ok(bytes);
+    }
+    let too_large = ErrorBody::too_large(format!(
+        "the answer is {} bytes, more than the {} bytes one answer may carry; ask for less \
+         (a narrower range)",
+        bytes.len(),
+        crate::MAX_FRAME_LEN
+    ));
+    crate::wire::encode(&ResponseFrame::err(frame.id, too_large))
+}
+
 /// A peer must complete the handshake within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Requests one connection may have in progress; more wait (back-pressure on the socket).
@@ -85,9 +103,14 @@ pub async fn connection<H: Handler>(
     let (tx, mut rx) = mpsc::channel::<ResponseFrame>(RESPONSE_QUEUE);
     let writer = tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
-            sink.feed(crate::wire::encode(&first)?).await?;
+            sink.feed(encode_answer(&first)?).await?;
             while let Ok(more) = rx.try_recv() {
-                sink.feed(crate::wire::encode(&more)?).await?;
+                sink.feed(encode_answer(&more)?).await?;
+            }
+            // Let the answers finishing right now join this write (see client/src/writer.rs).
+            tokio::task::yield_now().await;
+            while let Ok(more) = rx.try_recv() {
+                sink.feed(encode_answer(&more)?).await?;
             }
             sink.flush().await?;
         }

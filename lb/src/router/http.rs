@@ -31,6 +31,9 @@ pub const MAX_HTTP_BODY_BYTES: usize = 16 * 1024 * 1024;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for requests in progress.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// A client must send a request's body within this time once its headers are in; one that
+/// stops half way would otherwise hold its connection for ever.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(super) type HttpResponse = hyper::Response<Full<Bytes>>;
 
@@ -93,28 +96,49 @@ pub async fn serve(listener: TcpListener, router: Arc<Router>, shutdown: impl Fu
 async fn handle(router: &Router, req: hyper::Request<Incoming>, peer: SocketAddr) -> HttpResponse {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
-    let path = parts.uri.path().to_string();
-    let (resp, endpoint) = match Limited::new(body, MAX_HTTP_BODY_BYTES).collect().await {
-        Ok(b) => route(router, &parts, &path, b.to_bytes(), peer).await,
-        Err(e) => {
-            let err = if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                ErrorBody::too_large(format!(
-                    "request body is larger than {MAX_HTTP_BODY_BYTES} bytes"
-                ))
-            } else {
-                ErrorBody::bad_request(format!("cannot read the request body: {e}"))
-            };
-            (error_response(&err), None)
-        }
+    let path = parts.uri.path();
+    let (resp, endpoint) = match read_body(body).await {
+        Ok(b) => route(router, &parts, path, b, peer).await,
+        Err(resp) => (resp, None),
     };
     let status = resp.status().as_u16();
     if let Some(endpoint) = endpoint {
         router.metrics.db_request(endpoint, status);
     }
     // Server names must not each become a label of their own.
-    let label = if path.starts_with(READ_SERVER_PREFIX) { "/read/<server>" } else { &path };
+    let label = if path.starts_with(READ_SERVER_PREFIX) { "/read/<server>" } else { path };
     router.metrics.observe(label, status, started.elapsed());
     resp
+}
+
+/// The request body, or the answer to give instead: 413 above [`MAX_HTTP_BODY_BYTES`], 408
+/// when it does not arrive within [`BODY_READ_TIMEOUT`]. (A Content-Length over the limit is
+/// not refused before the body is read: hyper would then close the connection while a
+/// client that sends its whole body before reading still writes, and that client would
+/// see a broken pipe instead of the 413.)
+async fn read_body(body: Incoming) -> Result<Bytes, HttpResponse> {
+    let too_large = || {
+        error_response(&ErrorBody::too_large(format!(
+            "request body is larger than {MAX_HTTP_BODY_BYTES} bytes"
+        )))
+    };
+    let collect = Limited::new(body, MAX_HTTP_BODY_BYTES).collect();
+    match tokio::time::timeout(BODY_READ_TIMEOUT, collect).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(too_large())
+        }
+        Ok(Err(e)) => Err(error_response(&ErrorBody::bad_request(format!(
+            "cannot read the request body: {e}"
+        )))),
+        Err(_) => Err(json_response(
+            StatusCode::REQUEST_TIMEOUT,
+            &json!({
+                "message": format!("<Error> the request body did not arrive within {BODY_READ_TIMEOUT:?}"),
+                "status": "failure"
+            }),
+        )),
+    }
 }
 
 /// Which methods each endpoint of the router takes (the contract's, plus POST where original
@@ -256,16 +280,22 @@ async fn forward(
         router.cfg.key.header_name().and_then(|h| parts.headers.get(h)).map(|v| v.as_bytes());
     let facts = RequestFacts { header, client: peer.ip(), path };
     let key = router.cfg.key.key(facts, &mut rand::thread_rng());
-    let out = Outgoing::new(parts.method.clone(), &parts.uri, &parts.headers, body);
+    // The client's headers stay here: the node answers by method, path and body alone.
+    let path_and_query = parts.uri.path_and_query().map_or(path, |p| p.as_str()).to_string();
+    let out = Outgoing { method: parts.method.clone(), path_and_query, body };
     let reply = router.forward(&out, key).await?;
     if reply.status == StatusCode::NOT_FOUND && is_unknown_endpoint(&reply.body) {
         return Err(ErrorBody::bad_request(format!(
             "'{path}' endpoint does not exist in server replicas"
         )));
     }
+    // As the node's HTTP shim sends it: JSON, or an empty body without a content type.
+    let json = !reply.body.is_empty();
     let mut r = hyper::Response::new(Full::new(reply.body));
     *r.status_mut() = reply.status;
-    *r.headers_mut() = reply.headers;
+    if json {
+        r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
     Ok(r)
 }
 

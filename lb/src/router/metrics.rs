@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::db_table::DbTable;
@@ -20,9 +20,12 @@ const MAX_PATH_LABELS: usize = 64;
 /// Counters since the router started.
 #[derive(Default)]
 pub(crate) struct Metrics {
-    requests: Mutex<HashMap<(String, u16), u64>>,
-    forwarded: Mutex<HashMap<String, u64>>,
-    forward_failures: Mutex<HashMap<String, u64>>,
+    /// HTTP answers by path, then by status (looked up by `&str`, so counting a request
+    /// allocates nothing once its path was seen).
+    requests: Mutex<HashMap<String, HashMap<u16, u64>>>,
+    /// Forwarding counters by replica name; a routing table holds each replica's entry, so
+    /// the forwarding path counts without a lock.
+    replicas: Mutex<HashMap<String, Arc<ReplicaCounters>>>,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
     latency_sum_us: AtomicU64,
     latency_count: AtomicU64,
@@ -32,13 +35,22 @@ pub(crate) struct Metrics {
     db_retries: Mutex<HashMap<&'static str, u64>>,
 }
 
-fn bump(map: &Mutex<HashMap<String, u64>>, key: &str) {
-    let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
-    match m.get_mut(key) {
-        Some(v) => *v += 1,
-        None => {
-            m.insert(key.to_string(), 1);
-        }
+/// One replica's forwarding counters.
+#[derive(Default)]
+pub(crate) struct ReplicaCounters {
+    forwarded: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl ReplicaCounters {
+    /// A request forwarded to the replica and answered by it.
+    pub fn forwarded(&self) {
+        self.forwarded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A forwarding attempt to the replica that failed.
+    pub fn failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -52,9 +64,14 @@ impl Metrics {
     pub fn observe(&self, path: &str, status: u16, took: Duration) {
         {
             let mut m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-            let known = m.contains_key(&(path.to_string(), status));
-            let path = if known || m.len() < MAX_PATH_LABELS { path } else { "other" };
-            *m.entry((path.to_string(), status)).or_insert(0) += 1;
+            let path =
+                if m.contains_key(path) || m.len() < MAX_PATH_LABELS { path } else { "other" };
+            match m.get_mut(path) {
+                Some(by_status) => *by_status.entry(status).or_insert(0) += 1,
+                None => {
+                    m.insert(path.to_string(), HashMap::from([(status, 1)]));
+                }
+            }
         }
         let s = took.as_secs_f64();
         if let Some(i) = LATENCY_BUCKETS_S.iter().position(|&b| s <= b) {
@@ -64,14 +81,10 @@ impl Metrics {
         self.latency_count.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A request forwarded to `replica` and answered by it.
-    pub fn forwarded(&self, replica: &str) {
-        bump(&self.forwarded, replica);
-    }
-
-    /// A forwarding attempt to `replica` that failed.
-    pub fn forward_failed(&self, replica: &str) {
-        bump(&self.forward_failures, replica);
+    /// The forwarding counters of the replica named `replica` (created at zero).
+    pub fn replica(&self, replica: &str) -> Arc<ReplicaCounters> {
+        let mut m = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(replica.to_string()).or_default().clone()
     }
 
     /// One database endpoint answered (`endpoint` is the contract's name: `read`, `write`,
@@ -188,7 +201,7 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|(k, v)| (k.clone(), *v))
+            .flat_map(|(path, by_status)| by_status.iter().map(|(s, n)| ((path.clone(), *s), *n)))
             .collect();
         reqs.sort();
         for ((path, status), n) in reqs {
@@ -198,29 +211,33 @@ impl Metrics {
                 label(&path)
             );
         }
-        for (name, help, map) in [
+        let mut replicas: Vec<(String, u64, u64)> = self
+            .replicas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, c)| {
+                (k.clone(), c.forwarded.load(Ordering::Relaxed), c.failed.load(Ordering::Relaxed))
+            })
+            .collect();
+        replicas.sort();
+        for (name, help, pick) in [
             (
                 "shardgate_forwarded_total",
                 "Requests forwarded to a replica and answered by it.",
-                &self.forwarded,
+                (|r: &(String, u64, u64)| r.1) as fn(&(String, u64, u64)) -> u64,
             ),
             (
                 "shardgate_forward_failures_total",
                 "Forwarding attempts to a replica that failed (the request went on to the next candidate or failed).",
-                &self.forward_failures,
+                |r: &(String, u64, u64)| r.2,
             ),
         ] {
             let _ = writeln!(w, "# HELP {name} {help}");
             let _ = writeln!(w, "# TYPE {name} counter");
-            let mut v: Vec<(String, u64)> = map
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect();
-            v.sort();
-            for (replica, n) in v {
-                let _ = writeln!(w, "{name}{{replica=\"{}\"}} {n}", label(&replica));
+            // Like before, a replica shows once something was counted for it.
+            for r in replicas.iter().filter(|r| pick(r) > 0) {
+                let _ = writeln!(w, "{name}{{replica=\"{}\"}} {}", label(&r.0), pick(r));
             }
         }
         let _ = writeln!(

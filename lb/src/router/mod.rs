@@ -1,8 +1,8 @@
 //! The router, stage-1 part: the data plane. It holds no membership of its own, only the
 //! latest version it got from the shard manager (`watch`), turned into a routing table: the
-//! ring over the replicas' integer ids and each replica's HTTP address. A membership change
-//! builds the next table ([`crate::ring::Balancer::rebuild`]) and swaps it in whole, so a
-//! request sees one consistent table and lookups never wait for a rebuild.
+//! ring over the replicas' integer ids and each replica's binary-protocol address. A
+//! membership change builds the next table ([`crate::ring::Balancer::rebuild`]) and swaps it
+//! in whole, so a request sees one consistent table and lookups never wait for a rebuild.
 //!
 //! The database part (stages 2 and 3) works the same way: the latest catalog version from the
 //! manager (`catalog_watch`) becomes a [`db_table::DbTable`] with a read ring per shard,
@@ -10,8 +10,8 @@
 //!
 //! - `http`: the HTTP front: `/rep`, `/add`, `/rm`, `/metrics`, the database endpoints, and
 //!   everything else forwarded.
-//! - `proxy`: forwarding one request to one replica's HTTP shim over pooled keep-alive
-//!   connections.
+//! - `proxy`: forwarding one request to one replica over the binary protocol (a
+//!   `Request::Forward` on the pipelined connection to that node).
 //! - `watch`: the long poll that keeps the table current.
 //! - `metrics`: counters and the Prometheus text.
 //! - `db`: the database endpoints: validation, grouping by shard, the contract's JSON, and
@@ -45,7 +45,7 @@ use crate::key::KeySource;
 use crate::ring::{build, Balancer, RingError, RingKind, ServerId};
 
 pub use binary::serve_binary;
-pub use http::{serve, MAX_HTTP_BODY_BYTES};
+pub use http::{serve, BODY_READ_TIMEOUT, MAX_HTTP_BODY_BYTES};
 
 /// Default limit on one forwarded request (one attempt at one replica).
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,9 +97,29 @@ impl RouterConfig {
 pub(crate) struct Replica {
     name: String,
     alive: bool,
+    /// Its binary protocol address, where requests are forwarded.
+    addr: SocketAddr,
     /// Requests being forwarded to it now (the `bounded` family's load).
     in_flight: AtomicU64,
-    pool: proxy::ConnPool,
+    /// Its counters in the metrics (kept across table rebuilds).
+    counters: Arc<metrics::ReplicaCounters>,
+}
+
+/// One request counted in a replica's in-flight load until dropped, even when the request
+/// is abandoned mid-way (its client went away).
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a AtomicU64) -> InFlight<'a> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One membership version made routable. Immutable; replaced whole.
@@ -128,7 +148,8 @@ pub struct Router {
     cancel: CancellationToken,
     /// The database table routed by; replaced whole on every catalog version.
     db: tokio::sync::watch::Sender<Arc<db_table::DbTable>>,
-    /// Pipelined binary connections to the nodes, one per node.
+    /// Pipelined binary connections to the nodes, one per node (stage-1 forwards and
+    /// database calls alike).
     nodes: client::Pool,
     /// Per shard, the highest LSN seen in an answer (see `db_calls`).
     lsns: RwLock<HashMap<protocol::ShardId, Arc<AtomicU64>>>,
@@ -233,21 +254,22 @@ impl Router {
         };
         let mut by_id = HashMap::with_capacity(m.members.len());
         for x in &m.members {
-            let Ok(http) = x.http.parse::<SocketAddr>() else {
-                tracing::warn!(replica = %x.name, http = %x.http, "unusable replica address");
+            let Ok(addr) = x.addr.parse::<SocketAddr>() else {
+                tracing::warn!(replica = %x.name, addr = %x.addr, "unusable replica address");
                 continue;
             };
             let kept = cur
                 .by_id
                 .get(&x.id)
-                .filter(|r| r.name == x.name && r.alive == x.alive && r.pool.addr() == http);
+                .filter(|r| r.name == x.name && r.alive == x.alive && r.addr == addr);
             let replica = match kept {
                 Some(r) => r.clone(),
                 None => Arc::new(Replica {
                     name: x.name.clone(),
                     alive: x.alive,
+                    addr,
                     in_flight: AtomicU64::new(0),
-                    pool: proxy::ConnPool::new(http),
+                    counters: self.metrics.replica(&x.name),
                 }),
             };
             by_id.insert(x.id, replica);
@@ -314,20 +336,27 @@ impl Router {
             i += 1;
             let Some(r) = t.by_id.get(&id).filter(|r| r.alive) else { continue };
             attempts += 1;
-            r.in_flight.fetch_add(1, Ordering::Relaxed);
-            let res = r.pool.send(out, self.cfg.forward_timeout).await;
-            r.in_flight.fetch_sub(1, Ordering::Relaxed);
+            let res = {
+                let _counted = InFlight::enter(&r.in_flight);
+                proxy::send(&self.nodes, r.addr, out, self.cfg.forward_timeout).await
+            };
             match res {
                 Ok(reply) => {
-                    self.metrics.forwarded(&r.name);
+                    r.counters.forwarded();
                     return Ok(reply);
                 }
                 Err(e) => {
-                    self.metrics.forward_failed(&r.name);
+                    r.counters.failed();
                     tracing::debug!(replica = %r.name, error = %e, "forwarding failed");
                     let retry = e.retryable(&out.method);
                     errors.push(format!("{}: {e}", r.name));
-                    if !retry || attempts >= self.cfg.attempts {
+                    if !retry {
+                        if let Some(answer) = e.into_answer() {
+                            return Err(answer);
+                        }
+                        break;
+                    }
+                    if attempts >= self.cfg.attempts {
                         break;
                     }
                 }

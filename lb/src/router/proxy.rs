@@ -1,34 +1,26 @@
-//! Forwarding one request to one replica's HTTP shim: HTTP/1.1 over keep-alive connections
-//! pooled per replica (hyper's client connections, no pool library). The request and the
-//! answer are buffered whole, so a failed attempt can be sent again elsewhere and the answer
-//! is passed back as is (status, content type, body).
+//! Forwarding one stage-1 request to one replica: a [`Request::Forward`] over the binary
+//! protocol, answered by the node exactly as its HTTP shim would answer (status and JSON
+//! body). The call rides on the router's pipelined connection to that node (`client::Pool`,
+//! shared with the database calls), so many requests are in flight on one socket and queued
+//! ones share a write. The request is kept whole, so a failed attempt can be sent again to
+//! the next replica.
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::client::conn::http1::SendRequest;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use client::CallError;
 use hyper::{Method, StatusCode};
-use tokio::net::TcpStream;
+use protocol::{ErrorBody, ForwardReq, Request, Response};
 use tokio::time::Instant;
-
-use super::MAX_HTTP_BODY_BYTES;
-
-/// Idle connections kept per replica.
-const MAX_IDLE_PER_REPLICA: usize = 256;
-/// Limit on opening a connection to a replica (loopback or a local network).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A request as the router forwards it.
 #[derive(Debug, Clone)]
 pub(crate) struct Outgoing {
     pub method: Method,
+    /// Path and query, as the client sent them.
     pub path_and_query: String,
-    pub headers: HeaderMap,
     pub body: Bytes,
 }
 
@@ -36,7 +28,7 @@ pub(crate) struct Outgoing {
 #[derive(Debug, Clone)]
 pub(crate) struct Reply {
     pub status: StatusCode,
-    pub headers: HeaderMap,
+    /// JSON text, or empty (`/heartbeat`).
     pub body: Bytes,
 }
 
@@ -44,11 +36,17 @@ pub(crate) struct Reply {
 #[derive(Debug)]
 pub(crate) enum ForwardError {
     /// No connection could be opened: nothing was sent.
-    Connect(String),
-    /// The exchange failed; `sent` when the request may have reached the replica.
-    Exchange { detail: String, sent: bool },
-    /// No complete answer in time.
-    Timeout(Duration),
+    Connect(client::Error),
+    /// The connection broke, or no answer came in time: the replica may have run it.
+    Call(CallError),
+    /// The replica refused the request with a typed error (its answer, not a failure of
+    /// the transport).
+    Refused(ErrorBody),
+    /// The request cannot be sent at all (too large for a frame): nothing was sent, and no
+    /// other replica would take it either.
+    Unsendable(protocol::Error),
+    /// The replica answered with something that is not an answer to a forward.
+    Unexpected(String),
 }
 
 impl ForwardError {
@@ -56,190 +54,113 @@ impl ForwardError {
     /// otherwise only for methods that are safe to repeat.
     pub fn retryable(&self, method: &Method) -> bool {
         match self {
-            ForwardError::Connect(_) | ForwardError::Exchange { sent: false, .. } => true,
-            _ => method == Method::GET || method == Method::HEAD,
+            ForwardError::Connect(_) => true,
+            ForwardError::Call(e) => e.is_retryable() && is_idempotent(method),
+            ForwardError::Refused(_)
+            | ForwardError::Unsendable(_)
+            | ForwardError::Unexpected(_) => false,
         }
     }
+
+    /// The answer the client gets when this was the last attempt, or `None` when it is a
+    /// transport failure (the router then reports every replica it tried).
+    pub fn into_answer(self) -> Option<ErrorBody> {
+        match self {
+            ForwardError::Refused(body) => Some(body),
+            ForwardError::Unsendable(e) => {
+                Some(ErrorBody::too_large(format!("cannot forward the request; {e}")))
+            }
+            ForwardError::Connect(_) | ForwardError::Call(_) | ForwardError::Unexpected(_) => None,
+        }
+    }
+}
+
+/// Methods that are safe to send again after an attempt that may have run.
+fn is_idempotent(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
 }
 
 impl fmt::Display for ForwardError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ForwardError::Connect(d) => write!(f, "cannot connect; {d}"),
-            ForwardError::Exchange { detail, .. } => write!(f, "exchange failed; {detail}"),
-            ForwardError::Timeout(t) => write!(f, "no answer within {t:?}"),
+            ForwardError::Connect(e) => write!(f, "cannot connect; {e}"),
+            ForwardError::Call(e) => write!(f, "exchange failed; {e}"),
+            ForwardError::Refused(e) => write!(f, "refused; {e}"),
+            ForwardError::Unsendable(e) => write!(f, "cannot send; {e}"),
+            ForwardError::Unexpected(d) => write!(f, "unexpected answer; {d}"),
         }
     }
-}
-
-/// Keep-alive connections to one replica.
-pub(crate) struct ConnPool {
-    addr: SocketAddr,
-    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
-}
-
-/// Headers that describe one hop, not the message, and are never passed on (RFC 9110 §7.6.1),
-/// plus the ones hyper sets itself.
-fn hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::UPGRADE
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::PROXY_AUTHENTICATE
-        || name == header::HOST
-        || name == header::CONTENT_LENGTH
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
-}
-
-fn end_to_end(headers: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(headers.len());
-    for (k, v) in headers {
-        if !hop_by_hop(k) {
-            out.append(k.clone(), v.clone());
-        }
-    }
-    out
 }
 
 impl Outgoing {
-    /// From an incoming request's parts and its buffered body.
-    pub fn new(method: Method, uri: &hyper::Uri, headers: &HeaderMap, body: Bytes) -> Outgoing {
-        let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-        Outgoing { method, path_and_query, headers: end_to_end(headers), body }
-    }
-
-    fn to_request(&self, host: SocketAddr) -> hyper::Request<Full<Bytes>> {
-        let mut req = hyper::Request::new(Full::new(self.body.clone()));
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() =
-            self.path_and_query.parse().unwrap_or_else(|_| hyper::Uri::from_static("/"));
-        *req.headers_mut() = self.headers.clone();
-        if let Ok(h) = HeaderValue::from_str(&host.to_string()) {
-            req.headers_mut().insert(header::HOST, h);
-        }
-        req
+    fn request(&self) -> Request {
+        Request::Forward(ForwardReq {
+            method: self.method.as_str().to_string(),
+            path: self.path_and_query.clone(),
+            body: self.body.to_vec(),
+        })
     }
 }
 
-impl ConnPool {
-    pub fn new(addr: SocketAddr) -> ConnPool {
-        ConnPool { addr, idle: Mutex::new(Vec::new()) }
-    }
-
-    /// The replica's HTTP address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(s) = idle.pop() {
-            if !s.is_closed() {
-                return Some(s);
-            }
+/// Sends `out` to the node whose binary protocol listens on `addr` and waits for its answer,
+/// all within `limit` (connecting included).
+pub(crate) async fn send(
+    nodes: &client::Pool,
+    addr: SocketAddr,
+    out: &Outgoing,
+    limit: Duration,
+) -> Result<Reply, ForwardError> {
+    let deadline = Instant::now() + limit;
+    let conn = match tokio::time::timeout_at(deadline, nodes.get(addr)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(ForwardError::Connect(e)),
+        Err(_) => {
+            return Err(ForwardError::Connect(client::Error::ConnectTimeout { addr, after: limit }))
         }
-        None
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    match conn.call_with_timeout(out.request(), Some(left)).await {
+        Ok(Response::Forwarded { status, body }) => match StatusCode::from_u16(status) {
+            Ok(status) => Ok(Reply { status, body: Bytes::from(body) }),
+            Err(_) => Err(ForwardError::Unexpected(format!("HTTP status {status}"))),
+        },
+        Ok(other) => Err(ForwardError::Unexpected(format!("a {other:?} answer"))),
+        Err(CallError::Remote(body)) => Err(ForwardError::Refused(body)),
+        Err(CallError::Protocol(e)) => Err(ForwardError::Unsendable(e)),
+        Err(e) => Err(ForwardError::Call(e)),
     }
+}
 
-    fn put_idle(&self, s: SendRequest<Full<Bytes>>) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE_PER_REPLICA && !s.is_closed() {
-            idle.push(s);
-        }
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    fn drop_idle(&self) {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
-
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ForwardError> {
-        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
-            .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(ForwardError::Connect(e.to_string())),
-            Err(_) => {
-                return Err(ForwardError::Connect(format!("timed out after {CONNECT_TIMEOUT:?}")))
-            }
+    #[test]
+    fn only_unsent_or_idempotent_requests_are_retried() {
+        let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
+        let refused = || {
+            ForwardError::Connect(client::Error::Connect {
+                addr,
+                source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+            })
         };
-        let _ = stream.set_nodelay(true);
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (sender, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|e| ForwardError::Connect(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::trace!(error = %e, "replica connection ended");
-            }
-        });
-        Ok(sender)
+        assert!(refused().retryable(&Method::POST));
+        assert!(refused().retryable(&Method::GET));
+        let broken = || ForwardError::Call(CallError::Disconnected);
+        assert!(broken().retryable(&Method::GET));
+        assert!(broken().retryable(&Method::HEAD));
+        assert!(!broken().retryable(&Method::POST));
+        assert!(ForwardError::Call(CallError::Timeout).retryable(&Method::GET));
+        assert!(!ForwardError::Refused(ErrorBody::bad_request("x")).retryable(&Method::GET));
+        assert!(!ForwardError::Unexpected("x".into()).retryable(&Method::GET));
     }
 
-    /// Sends `out` and reads the whole answer, within `limit`. A pooled connection that turns
-    /// out to be closed is replaced by a new one once.
-    pub async fn send(&self, out: &Outgoing, limit: Duration) -> Result<Reply, ForwardError> {
-        let deadline = Instant::now() + limit;
-        let timeout = ForwardError::Timeout(limit);
-        let mut may_reuse = true;
-        loop {
-            let pooled = if may_reuse { self.take_idle() } else { None };
-            let reused = pooled.is_some();
-            let mut sender = match pooled {
-                Some(s) => s,
-                None => tokio::time::timeout_at(deadline, self.connect())
-                    .await
-                    .map_err(|_| ForwardError::Timeout(limit))??,
-            };
-            if sender.ready().await.is_err() {
-                if reused {
-                    may_reuse = false;
-                    continue;
-                }
-                return Err(ForwardError::Exchange {
-                    detail: "connection closed".into(),
-                    sent: false,
-                });
-            }
-            let answer = match tokio::time::timeout_at(
-                deadline,
-                sender.send_request(out.to_request(self.addr)),
-            )
-            .await
-            {
-                Err(_) => return Err(timeout),
-                Ok(r) => r,
-            };
-            let resp = match answer {
-                Ok(r) => r,
-                Err(e) => {
-                    let sent = !e.is_canceled();
-                    if reused && !sent {
-                        // A stale keep-alive connection: the others may be stale too.
-                        self.drop_idle();
-                        may_reuse = false;
-                        continue;
-                    }
-                    return Err(ForwardError::Exchange { detail: e.to_string(), sent });
-                }
-            };
-            let (parts, body) = resp.into_parts();
-            let body = match tokio::time::timeout_at(
-                deadline,
-                Limited::new(body, MAX_HTTP_BODY_BYTES).collect(),
-            )
-            .await
-            {
-                Err(_) => return Err(timeout),
-                Ok(Err(e)) => {
-                    return Err(ForwardError::Exchange { detail: e.to_string(), sent: true })
-                }
-                Ok(Ok(b)) => b.to_bytes(),
-            };
-            self.put_idle(sender);
-            return Ok(Reply { status: parts.status, headers: end_to_end(&parts.headers), body });
-        }
+    #[test]
+    fn a_refusal_is_passed_on_and_transport_failures_are_not() {
+        let body = ErrorBody::bad_request("no");
+        assert_eq!(ForwardError::Refused(body.clone()).into_answer(), Some(body));
+        assert_eq!(ForwardError::Call(CallError::Timeout).into_answer(), None);
+        let big = ForwardError::Unsendable(protocol::Error::Frame { detail: "big".into() });
+        assert_eq!(big.into_answer().map(|b| b.http_status()), Some(413));
     }
 }

@@ -3,8 +3,12 @@
 //! - `process` (default): `shardgate node` children on loopback ports the OS picks, data under
 //!   `<data-dir>/nodes/<name>`; they die with the manager (killed on stop, on drop, and by
 //!   the kernel if the manager itself dies).
-//! - `docker`: containers from a `FROM scratch` image; not built yet.
+//! - `docker`: containers of the `FROM scratch` image on a Docker network, through the
+//!   engine's API on its unix socket (`engine`); data on one named volume per node, kept
+//!   when a container is replaced.
 
+mod docker;
+mod engine;
 mod process;
 
 use std::fmt;
@@ -13,6 +17,8 @@ use std::str::FromStr;
 
 use futures::future::BoxFuture;
 
+pub use docker::{DockerConfig, DockerSpawner, LABEL_PROJECT, LABEL_SERVER, NODE_DATA_DIR};
+pub use engine::Engine;
 pub use process::{ProcessConfig, ProcessSpawner, NODE_START_TIMEOUT, STOP_GRACE};
 
 /// Where a freshly started node listens.
@@ -38,7 +44,8 @@ pub struct SpawnError {
 /// runs replaces it.
 pub trait Spawner: Send + Sync + fmt::Debug {
     /// Starts node `name` (its data directory kept from an earlier life, if any) and
-    /// returns once it listens.
+    /// returns once it listens. Its addresses must differ from those of the node it
+    /// replaces: the manager tells a respawned node from the old one by its address.
     fn spawn<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Spawned, SpawnError>>;
 
     /// Kills node `name` at once (SIGKILL) and waits until it is gone; no-op if it is not
@@ -62,7 +69,7 @@ pub enum SpawnerKind {
     /// Child processes on loopback.
     #[default]
     Process,
-    /// Docker containers (not built yet).
+    /// Docker containers on a Docker network.
     Docker,
 }
 
@@ -86,7 +93,3 @@ impl fmt::Display for SpawnerKind {
         })
     }
 }
-
-/// The message `--spawner docker` fails with until the docker spawner exists.
-pub const DOCKER_NOT_BUILT: &str =
-    "the docker spawner is not built yet; use --spawner process (the default)";

@@ -1,0 +1,7 @@
+//! See `checks::json_bodies` (fuzz/checks/protocol_checks.rs).
+#![no_main]
+
+#[path = "../checks/protocol_checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::json_bodies(data));

@@ -1,0 +1,110 @@
+//! Cluster authentication: every process of one cluster shares a secret, and the handshake
+//! of every binary-protocol connection proves on both sides that they know it, without
+//! sending it (HMAC-SHA256 over both sides' random nonces; the proofs are compared in
+//! constant time).
+//!
+//! ```text
+//! caller  -> Hello { magic, version, peer, nonce_c }
+//! server  -> HelloReply::Challenge { nonce_s, proof_s = HMAC(k, "server" | nonce_c | nonce_s) }
+//! caller     checks proof_s (the server knows the secret), then
+//! caller  -> AuthProof { proof_c = HMAC(k, "client" | nonce_s | nonce_c) }
+//! server     checks proof_c, then
+//! server  -> HelloReply::Ok { version, name }
+//! ```
+//!
+//! The secret is per process ([`set_cluster_secret`], done once at start from a file or the
+//! environment). A server with a secret refuses callers that cannot prove it; a caller with a
+//! secret refuses a server that does not prove it. Without a secret on either side the
+//! handshake is the plain one.
+
+use std::sync::OnceLock;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+/// Length of the nonces each side picks.
+pub const NONCE_LEN: usize = 16;
+/// Length of a proof (HMAC-SHA256).
+pub const PROOF_LEN: usize = 32;
+
+/// The process's cluster secret, if any.
+static SECRET: OnceLock<Vec<u8>> = OnceLock::new();
+
+/// Sets this process's cluster secret (the first call wins; returns whether this one did).
+/// An empty secret is refused.
+pub fn set_cluster_secret(secret: &[u8]) -> bool {
+    !secret.is_empty() && SECRET.set(secret.to_vec()).is_ok()
+}
+
+/// Whether this process has a cluster secret.
+pub fn has_cluster_secret() -> bool {
+    SECRET.get().is_some()
+}
+
+pub(crate) fn secret() -> Option<&'static [u8]> {
+    SECRET.get().map(Vec::as_slice)
+}
+
+/// The caller's answer to a challenge.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct AuthProof {
+    /// HMAC(secret, "client" | server nonce | caller nonce).
+    pub proof: [u8; PROOF_LEN],
+}
+
+/// A fresh random nonce.
+pub fn nonce() -> [u8; NONCE_LEN] {
+    rand::random()
+}
+
+fn mac(secret: &[u8], role: &[u8], first: &[u8], second: &[u8]) -> Hmac<Sha256> {
+    // HMAC takes a key of any length; `new_from_slice` cannot fail for it.
+    let mut m = match <Hmac<Sha256> as Mac>::new_from_slice(secret) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC accepts keys of every length"),
+    };
+    m.update(b"shardgate-auth-v1 ");
+    m.update(role);
+    m.update(first);
+    m.update(second);
+    m
+}
+
+/// The server's proof for a caller nonce and its own.
+pub fn server_proof(secret: &[u8], caller: &[u8], server: &[u8]) -> [u8; PROOF_LEN] {
+    mac(secret, b"server", caller, server).finalize().into_bytes().into()
+}
+
+/// The caller's proof for the server's nonce and its own.
+pub fn caller_proof(secret: &[u8], server: &[u8], caller: &[u8]) -> [u8; PROOF_LEN] {
+    mac(secret, b"client", server, caller).finalize().into_bytes().into()
+}
+
+/// Checks the server's proof, in constant time.
+pub fn verify_server(secret: &[u8], caller: &[u8], server: &[u8], proof: &[u8]) -> bool {
+    mac(secret, b"server", caller, server).verify_slice(proof).is_ok()
+}
+
+/// Checks the caller's proof, in constant time.
+pub fn verify_caller(secret: &[u8], server: &[u8], caller: &[u8], proof: &[u8]) -> bool {
+    mac(secret, b"client", server, caller).verify_slice(proof).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proofs_check_only_with_the_same_secret_and_nonces() {
+        let (c, s) = (nonce(), nonce());
+        let p = server_proof(b"k1", &c, &s);
+        assert!(verify_server(b"k1", &c, &s, &p));
+        assert!(!verify_server(b"k2", &c, &s, &p));
+        assert!(!verify_server(b"k1", &s, &c, &p), "nonces in the other order");
+        let q = caller_proof(b"k1", &s, &c);
+        assert!(verify_caller(b"k1", &s, &c, &q));
+        assert!(!verify_caller(b"k1", &s, &c, &p), "a server proof is not a caller proof");
+        assert_ne!(nonce(), nonce());
+    }
+}
