@@ -8,7 +8,7 @@
 //! - [`key`]: where a request's ring key comes from (`--key`).
 //! - [`control`]: the router ↔ manager messages (membership watch, stage-1 `/add` `/rm`,
 //!   database admin calls, catalog watch) on the binary protocol's frames, and the client.
-//! - [`spawner`]: how nodes are started and stopped (`process`; `docker` to come).
+//! - [`spawner`]: how nodes are started and stopped (`process` children, or `docker` containers through the engine's API).
 //! - [`manager`]: the control plane: membership, heartbeats, replacement of dead replicas,
 //!   and the database: the catalog in its own WAL, `/init` `/add` `/rm` `/primary_elect`,
 //!   elections (`manager/election.rs`) and replica-set changes one epoch at a time.
