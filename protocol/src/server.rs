@@ -50,6 +50,14 @@ pub trait Handler: Send + Sync + 'static {
         &self,
         req: Request,
     ) -> impl Future<Output = std::result::Result<Response, ErrorBody>> + Send;
+
+    /// Whether `req` may be answered in the connection's own task when it is done at its
+    /// first poll (requests that do no storage work, such as `/home` and heartbeats), saving
+    /// a task per request; everything else runs in a task of its own, so a large request
+    /// runs beside the others instead of before them.
+    fn answers_in_place(&self, _req: &Request) -> bool {
+        false
+    }
 }
 
 /// Accepts binary-protocol connections on `listener` until `cancel`; every connection and
@@ -143,11 +151,21 @@ pub async fn connection<H: Handler>(
                 break Err(e);
             }
         };
+        let RequestFrame { id, body } = req;
+        let in_place = handler.answers_in_place(&body);
+        let h = handler.clone();
+        let mut answer = Box::pin(async move { h.handle(body).await });
+        if in_place {
+            if let std::task::Poll::Ready(body) = futures::poll!(answer.as_mut()) {
+                let _ = tx.send(ResponseFrame { id, body }).await;
+                continue;
+            }
+        }
         let Ok(permit) = in_flight.clone().acquire_owned().await else { break Ok(()) };
-        let (h, tx) = (handler.clone(), tx.clone());
+        let tx = tx.clone();
         tracker.spawn(async move {
-            let body = h.handle(req.body).await;
-            let _ = tx.send(ResponseFrame { id: req.id, body }).await;
+            let body = answer.await;
+            let _ = tx.send(ResponseFrame { id, body }).await;
             drop(permit);
         });
     };
