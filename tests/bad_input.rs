@@ -199,7 +199,7 @@ fn judge(c: &Case, got: &Result<Reply, String>) -> Option<String> {
     if r.status != code {
         return Some(format!("{}: status {} (wanted {code}): {text}", c.name, r.status));
     }
-    let Some(needle) = needle else { return None };
+    let needle = needle?;
     let Some(j) = r.json() else {
         return Some(format!("{}: body is not JSON: {text:?}", c.name));
     };
@@ -459,7 +459,7 @@ fn router_cases() -> Vec<Case> {
         case("PUT /init", "PUT", "/init", "{}", Error(405, "PUT")),
         case("an extension method", "BREW", "/write", "{}", Error(405, "BREW")),
     ];
-    v.extend(framing_cases(|last| big_router_write(last)));
+    v.extend(framing_cases(big_router_write));
     v
 }
 
@@ -535,7 +535,7 @@ fn node_cases() -> Vec<Case> {
         case("POST /home", "POST", "/home", "", Error(405, "POST")),
         case("DELETE /copy", "DELETE", "/copy", "{}", Error(405, "DELETE")),
     ];
-    v.extend(framing_cases(|last| big_node_write(last)));
+    v.extend(framing_cases(big_node_write));
     v
 }
 
@@ -600,8 +600,10 @@ async fn others_are_served(addr: SocketAddr, path: &str, body: &str) {
         let (method, p) = path.split_once(' ').unwrap();
         let r = exchange(addr, &request(method, p, body.as_bytes())).await.unwrap();
         assert_eq!(r.status, 200, "{:?}", r.json());
+        // Not a speed check: a request queued behind the slow clients would wait out their
+        // 10 s timeouts.
         assert!(
-            t.elapsed() < Duration::from_secs(2),
+            t.elapsed() < Duration::from_secs(5),
             "a request took {:?} next to slow clients",
             t.elapsed()
         );

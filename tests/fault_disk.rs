@@ -278,7 +278,8 @@ async fn a_full_disk_on_the_primary_fails_writes_cleanly_and_recovers_when_space
     match c.call_with_timeout(read(0, i64::MAX), Some(Duration::from_secs(20))).await {
         Err(CallError::Remote(e)) => {
             assert_eq!(e.kind, ErrorKind::TooLarge, "{e:?}");
-            assert!(t.elapsed() < Duration::from_secs(5), "the 413 took {:?}", t.elapsed());
+            // An answer, not the call's 20 s timeout running out.
+            assert!(t.elapsed() < Duration::from_secs(15), "the 413 took {:?}", t.elapsed());
         }
         other => panic!("a read of 30 MB in one answer: {other:?}"),
     }

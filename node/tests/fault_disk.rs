@@ -26,6 +26,10 @@
 //!   fault is cleared a new primary is elected, the old one restarts, cuts what it alone
 //!   has and catches up, and the shard takes writes again.
 
+// The guard that runs these tests one at a time is held for a whole test, across awaits on
+// the test's own runtime: that is its purpose.
+#![allow(clippy::await_holding_lock)]
+
 mod common;
 
 use std::collections::BTreeMap;

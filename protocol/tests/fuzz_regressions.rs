@@ -20,8 +20,11 @@ use common::{request_frame, response_frame};
 use proptest::prelude::*;
 use protocol::{wire, Hello};
 
+/// A fuzz target's check.
+type Check = Box<dyn Fn(&[u8])>;
+
 /// The protocol-level targets and their checks.
-fn targets() -> Vec<(&'static str, Box<dyn Fn(&[u8])>)> {
+fn targets() -> Vec<(&'static str, Check)> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     vec![
         ("frame_codec", Box::new(checks::frame_codec)),
