@@ -28,7 +28,7 @@
 # targets in protocol/tests/fuzz_regressions.rs, node_http and stored_records in
 # tests/bad_input.rs (they need the node and lb crates). A new file there fails CI until
 # the bug is fixed, which is the point. Seeds: `cargo test -p shardgate-protocol --test
-# fuzz_regressions -- --ignored write_seeds` writes valid encodings into fuzz/corpus/.
+# fuzz_regressions -- --exact write_seeds` writes valid encodings into fuzz/corpus/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -69,7 +69,7 @@ fi
 # Seeds: valid encodings and bodies, so the fuzzers start past the first byte.
 if [ ! -d corpus/request_frame ]; then
   (cd "$ROOT" && SHARDGATE_FUZZ_SEEDS="$ROOT/fuzz/corpus" \
-    cargo test -q -p shardgate-protocol --test fuzz_regressions -- --ignored write_seeds >/dev/null) \
+    cargo test -q -p shardgate-protocol --test fuzz_regressions -- --exact write_seeds >/dev/null) \
     || echo "seeds not written (the protocol tests do not build?); starting from empty corpora"
 fi
 

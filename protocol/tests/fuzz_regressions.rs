@@ -264,17 +264,16 @@ proptest! {
 // Seeds for the fuzzers
 // ---------------------------------------------------------------------------------------
 
-/// Writes valid encodings into `$SHARDGATE_FUZZ_SEEDS/<target>/` (run by `scripts/fuzz.sh`).
+/// Writes valid encodings, one corpus per fuzz target, into `$SHARDGATE_FUZZ_SEEDS/<target>/`
+/// (`scripts/fuzz.sh` sets it) or, in a plain test run, into a scratch directory; either way
+/// every seed must pass the same checks the fuzzers apply.
 #[test]
-#[ignore = "writes the fuzzers' seed corpora; run by scripts/fuzz.sh"]
 fn write_seeds() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
-    let Some(out) = std::env::var_os("SHARDGATE_FUZZ_SEEDS") else {
-        eprintln!("set SHARDGATE_FUZZ_SEEDS to a directory");
-        return;
-    };
-    let out = PathBuf::from(out);
+    let scratch = std::env::temp_dir().join(format!("shardgate-seeds-{}", std::process::id()));
+    let out =
+        std::env::var_os("SHARDGATE_FUZZ_SEEDS").map_or_else(|| scratch.clone(), PathBuf::from);
     let mut runner = TestRunner::deterministic();
     let put = |target: &str, name: String, bytes: &[u8]| {
         let dir = out.join(target);
@@ -302,4 +301,18 @@ fn write_seeds() {
     put("handshake", "hello".into(), &wire::encode(&Hello::new("seed")).unwrap());
     let reply = protocol::HelloReply::Ok { version: protocol::PROTOCOL_VERSION, name: "s".into() };
     put("handshake", "reply".into(), &wire::encode(&reply).unwrap());
+    // Every seed written is accepted by its target's checks.
+    for (target, check) in [
+        ("request_frame", checks::request_frame as fn(&[u8])),
+        ("response_frame", checks::response_frame),
+        ("json_bodies", checks::json_bodies),
+    ] {
+        let mut n = 0;
+        for entry in std::fs::read_dir(out.join(target)).unwrap() {
+            check(&std::fs::read(entry.unwrap().path()).unwrap());
+            n += 1;
+        }
+        assert!(n >= 200, "{target}: {n} seeds");
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
 }
