@@ -123,10 +123,20 @@ fn change_or_bad(r: Result<(), DbError>, op: &Op, bad: &std::sync::Mutex<Vec<Str
 /// Waits until `server` is back (a new process) and serves its shards through the router.
 async fn back(up: &ClusterProc, db: &Db, server: &str, old_pid: u32) -> Duration {
     let t = Instant::now();
+    // Back means serving again as a voter of both shards: a second kill before that would
+    // leave a shard with one live voter, which stalls (a liveness limit noted in the README).
+    let http = up.http();
     let ok = poll(Duration::from_secs(60), || async {
         let pid = node_pid(up.pid(), server)?;
         (pid != old_pid).then_some(())?;
-        db.read_server(server).await.ok().map(drop)
+        db.read_server(server).await.ok()?;
+        let mut c = client::HttpClient::connect(http).await.ok()?;
+        let metrics = String::from_utf8(c.request("GET", "/metrics", b"").await.ok()?.body).ok()?;
+        let voters = |shard: &str| {
+            let prefix = format!("shardgate_db_shard_live_replicas{{shard=\"{shard}\"}} ");
+            metrics.lines().find_map(|l| l.strip_prefix(&prefix)).map(str::trim) == Some("3")
+        };
+        (voters("sh1") && voters("sh2")).then_some(())
     })
     .await;
     assert!(ok.is_some(), "{server} did not come back within 60 s");
