@@ -60,7 +60,10 @@ async fn the_client_reads_writes_updates_and_deletes() {
         // Admin calls reach the manager (the fake answers with the call's name).
         assert_eq!(db.status().await.unwrap()["op"], "Status", "{door}");
         db.init(&json!({"N": 1})).await.unwrap();
-        assert_eq!(db.add(&json!({"n": 1, "servers": {"S9": ["sh1"]}})).await.unwrap()["op"], "Add");
+        assert_eq!(
+            db.add(&json!({"n": 1, "servers": {"S9": ["sh1"]}})).await.unwrap()["op"],
+            "Add"
+        );
         let e = db.init(&json!({"fail": true})).await.unwrap_err();
         assert_eq!(e, DbError { status: 400, message: "<Error> refused by the fake".into() });
     }

@@ -77,7 +77,13 @@ fn write_req(shard: &str, rows: Vec<Row>) -> Request {
 }
 
 fn read_req(shard: &str, low: i64, high: i64) -> Request {
-    Request::Read(ReadReq { shard: shard.into(), low, high, min_lsn: 0, consistency: Default::default() })
+    Request::Read(ReadReq {
+        shard: shard.into(),
+        low,
+        high,
+        min_lsn: 0,
+        consistency: Default::default(),
+    })
 }
 
 fn copy_req(shards: &[&str]) -> Request {

@@ -90,7 +90,13 @@ pub fn echo(server_name: &str, req: &Request) -> Response {
 
 /// A read request identified by `n`.
 pub fn read(n: i64) -> Request {
-    Request::Read(protocol::ReadReq { shard: "sh1".into(), low: n, high: n, min_lsn: 0, consistency: Default::default() })
+    Request::Read(protocol::ReadReq {
+        shard: "sh1".into(),
+        low: n,
+        high: n,
+        min_lsn: 0,
+        consistency: Default::default(),
+    })
 }
 
 /// A running test server; stops (with every connection) when dropped.

@@ -113,7 +113,10 @@ pub fn fake_admin_answer(op: DbOp, body: &str) -> (u16, String) {
     }
     if op == DbOp::Status {
         // With the schema, as the real /status has it (the binary client reads it there).
-        return (200, format!("{{ \"op\" : \"Status\",  \"bytes\" : {}, {STATUS_SCHEMA} }}", body.len()));
+        return (
+            200,
+            format!("{{ \"op\" : \"Status\",  \"bytes\" : {}, {STATUS_SCHEMA} }}", body.len()),
+        );
     }
     (200, format!("{{ \"op\" : \"{op:?}\",  \"bytes\" : {} }}", body.len()))
 }
