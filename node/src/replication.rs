@@ -349,16 +349,29 @@ impl Core {
         Ok(out)
     }
 
-    /// A peer acknowledged `match_lsn` at `epoch`.
-    fn acknowledge(&self, peer: &str, epoch: Epoch, match_lsn: Lsn) {
+    /// A peer acknowledged `match_lsn` at `epoch`; an answer to an `Append` sent at `sent_at`
+    /// also renews the lease (see lease.rs), in the same critical section.
+    fn acknowledge(
+        &self,
+        peer: &str,
+        epoch: Epoch,
+        match_lsn: Lsn,
+        sent_at: Option<std::time::Instant>,
+    ) {
         {
             let mut st = self.lock_state();
+            if let Some(t) = sent_at {
+                st.lease.acknowledged(peer, epoch, t);
+            }
             if st.meta.epoch != epoch {
                 return;
             }
             if let Some(p) = st.peers.get_mut(peer) {
                 p.match_lsn = p.match_lsn.max(match_lsn);
             }
+        }
+        if sent_at.is_some() {
+            self.lease_tick.send_modify(|t| *t = t.wrapping_add(1));
         }
         self.advance();
     }
@@ -460,18 +473,16 @@ async fn run_sender(core: Arc<Core>, peer: Replica, epoch: Epoch, cancel: Cancel
             commit_lsn: commit,
         });
         let sent_at = std::time::Instant::now();
-        let answer = c.call_with_timeout(req, Some(PEER_CALL_TIMEOUT)).await;
-        if let Ok(Response::Appended { .. } | Response::AppendMismatch { .. }) = &answer {
-            // It had not adopted a newer epoch when we sent this: the lease may move.
-            core.lease_ack(&peer.name, epoch, sent_at);
-        }
-        match answer {
+        // Either answer shows the peer had not adopted a newer epoch when we sent this: the
+        // lease may move (see lease.rs).
+        match c.call_with_timeout(req, Some(PEER_CALL_TIMEOUT)).await {
             Ok(Response::Appended { match_lsn }) => {
                 told_commit = commit;
                 next = match_lsn.max(sent_to) + 1;
-                core.acknowledge(&peer.name, epoch, match_lsn);
+                core.acknowledge(&peer.name, epoch, match_lsn, Some(sent_at));
             }
             Ok(Response::AppendMismatch { last_lsn, conflict_epoch }) => {
+                core.lease_ack(&peer.name, epoch, sent_at);
                 next = match conflict_epoch {
                     None => (last_lsn + 1).min(prev_lsn),
                     Some(e) => {
@@ -543,7 +554,7 @@ async fn send_snapshot(
         });
         c.call_with_timeout(req, Some(PEER_CALL_TIMEOUT)).await?;
     }
-    core.acknowledge(&peer.name, epoch, lsn);
+    core.acknowledge(&peer.name, epoch, lsn, None);
     Ok(lsn)
 }
 

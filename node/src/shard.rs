@@ -2,7 +2,7 @@
 //! committer thread that makes writes durable and applies them in log order.
 //!
 //! # Where a write becomes durable, committed and visible
-//! 1. [`Shard::propose`] (primary or standalone only) validates the change against the rows
+//! 1. [`Shard::submit`] (primary or standalone only) validates the change against the rows
 //!    plus the changes still in flight, appends it to the local WAL at the primary's epoch
 //!    and queues it as *pending*; the replication senders wake up and ship it.
 //! 2. The committer thread syncs the local log (one sync for every record appended
@@ -535,13 +535,6 @@ impl Shard {
         Ok(())
     }
 
-    /// Validates `change`, appends it to the log and queues it. Returns its LSN, the row
-    /// count once it is applied, and the role generation to wait under. Nothing is changed
-    /// on error; only a primary (or standalone replica) accepts changes.
-    pub fn propose(&self, change: Change) -> std::result::Result<(Lsn, u64, u64), ErrorBody> {
-        self.propose_or_refuse(change, None).map_err(|r| r.error)
-    }
-
     /// Proposes `change` and waits until it is committed and applied: the LSN and the row
     /// count after it. A refusal that rests on changes still pending (the key was just
     /// inserted or deleted by a write not yet committed) is answered only once those are
@@ -576,6 +569,10 @@ impl Shard {
         }
     }
 
+    /// Validates `change`, appends it to the log (tagged with `id`) and queues it. Returns its
+    /// LSN, the row count once it is applied, and the role generation to wait under; for a
+    /// change already logged under `id`, that record's. Nothing is changed on error; only a
+    /// primary (or standalone replica) accepts changes.
     fn propose_or_refuse(
         &self,
         change: Change,
