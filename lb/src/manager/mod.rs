@@ -55,6 +55,9 @@ pub const DEAD_AFTER: Duration = Duration::from_millis(500);
 pub const MAX_REPLICAS: usize = 100;
 /// Longest a watch request is held before it is answered unchanged.
 pub const MAX_WATCH_WAIT: Duration = Duration::from_secs(30);
+/// How long a restarted manager waits for its first round (re-electing every shard) before
+/// it starts answering.
+const RESUME_WAIT: Duration = Duration::from_secs(10);
 
 /// How the manager runs.
 #[derive(Debug, Clone)]
@@ -167,6 +170,15 @@ impl Manager {
             manager.start_replicas(names, &ids).await?;
         }
         manager.publish_view();
+        if manager.catalog().initialized() {
+            // A restarted manager re-elects every shard before it answers anyone, so its
+            // first `/status` shows the primaries where they were, not the election under
+            // way. Bounded: a shard that cannot elect now is left to the supervisor.
+            let mut rt = manager.db.ops.lock().await;
+            if tokio::time::timeout(RESUME_WAIT, manager.round(&mut rt)).await.is_err() {
+                tracing::warn!(wait = ?RESUME_WAIT, "first round after restart unfinished; the supervisor goes on");
+            }
+        }
         manager.tasks.spawn(supervisor::run(manager.clone()));
         Ok(manager)
     }
