@@ -50,9 +50,11 @@ pub struct ManagerArgs {
     /// Most replicas at once.
     #[arg(long, default_value_t = lb::manager::MAX_REPLICAS)]
     pub max_replicas: usize,
-    /// Address the replicas listen on (each on a port the OS picks).
-    #[arg(long, default_value = "127.0.0.1")]
-    pub node_host: IpAddr,
+    /// Address the replicas listen on (each on a port the OS picks). A comma-separated
+    /// list gives each replica the next address in turn, kept across respawns (e.g.
+    /// 127.0.0.2,127.0.0.3,127.0.0.4 to cut one replica off with iptables).
+    #[arg(long, default_value = "127.0.0.1", value_delimiter = ',')]
+    pub node_host: Vec<IpAddr>,
     /// --spawner docker: the image of the node containers (scripts/image.sh builds it).
     #[arg(long, default_value = "shardgate:latest")]
     pub docker_image: String,
@@ -140,7 +142,7 @@ fn spawner(args: &ManagerArgs) -> Result<Arc<dyn Spawner>, String> {
             Ok(Arc::new(ProcessSpawner::new(ProcessConfig {
                 exe,
                 data_dir: args.data_dir.clone(),
-                host: args.node_host,
+                hosts: args.node_host.clone(),
             })))
         }
     }

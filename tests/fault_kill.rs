@@ -10,16 +10,20 @@ mod common;
 
 #[path = "common/history.rs"]
 mod history;
+#[path = "common/workload.rs"]
+mod workload;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use client::{Db, DbError, DbOptions};
+use client::{Db, DbOptions};
 use common::*;
 use history::{History, Op, Outcome, Ret};
+use protocol::Consistency;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value as Json};
+use workload::{assert_linearizable, client_loop, record_final_state, Workload};
 
 const SERVERS: [&str; 3] = ["Server1", "Server2", "Server3"];
 /// Keys the clients work on: a few per shard, so that operations on one key overlap.
@@ -30,8 +34,6 @@ const KEYS: [i64; 24] = [
 const CLIENTS: u64 = 6;
 /// Operations the clients complete, all replicas up, between one recovery and the next kill.
 const OPS_BETWEEN_KILLS: usize = 80;
-/// Most operations one client makes (the loop ends earlier when the kills are done).
-const MAX_OPS_PER_CLIENT: usize = 2000;
 
 fn config() -> String {
     json!({"N": 3,
@@ -40,84 +42,6 @@ fn config() -> String {
                    {"Stud_id_low": 1000, "Shard_id": "sh2", "Shard_size": 1000}],
         "servers": {"Server1": ["sh1", "sh2"], "Server2": ["sh1", "sh2"], "Server3": ["sh1", "sh2"]}})
     .to_string()
-}
-
-fn row(key: i64, name: &str) -> Json {
-    json!({"Stud_id": key, "Stud_name": name, "Stud_marks": 1})
-}
-
-/// The history's view of a change's answer.
-fn change_outcome(r: Result<(), DbError>, op: &Op) -> Result<Outcome, String> {
-    match r {
-        Ok(()) => Ok(Outcome::Ok(Ret::Done)),
-        Err(e) if e.status == 400 && matches!(op, Op::Insert(_)) => {
-            if e.message.contains("already exists") {
-                Ok(Outcome::Ok(Ret::Exists))
-            } else {
-                Err(format!("an insert was refused for another reason: {e}"))
-            }
-        }
-        Err(e) if e.status == 404 && matches!(op, Op::Update(_) | Op::Delete) => {
-            Ok(Outcome::Ok(Ret::Missing))
-        }
-        Err(e) if e.status == 400 || e.status == 404 => Err(format!("{op:?} refused: {e}")),
-        // No answer, a 5xx, a 409 after the deadline: it may or may not have happened.
-        Err(e) => Ok(Outcome::Unknown(e.to_string())),
-    }
-}
-
-/// One client: random operations on random keys until `stop` or its budget is spent.
-async fn client_loop(
-    c: u64,
-    db: Db,
-    h: Arc<History>,
-    stop: Arc<AtomicBool>,
-    bad: Arc<std::sync::Mutex<Vec<String>>>,
-) {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(c);
-    let mut thread = c * 1_000_000;
-    for n in 0..MAX_OPS_PER_CLIENT {
-        if stop.load(Ordering::Relaxed) {
-            return;
-        }
-        let key = KEYS[rng.gen_range(0..KEYS.len())];
-        let name = format!("c{c}n{n}");
-        let op = match rng.gen_range(0..10) {
-            0..=3 => Op::Read,
-            4..=5 => Op::Insert(name.clone()),
-            6..=7 => Op::Update(name.clone()),
-            _ => Op::Delete,
-        };
-        let p = h.invoke(thread, key, op.clone());
-        let outcome = match &op {
-            Op::Read => match db.read(key, key).await {
-                Ok(rows) => {
-                    let v = rows.first().and_then(|r| r["Stud_name"].as_str().map(str::to_string));
-                    Outcome::Ok(Ret::Value(v))
-                }
-                Err(e) => Outcome::Unknown(e.to_string()),
-            },
-            Op::Insert(v) => change_or_bad(db.write(&[row(key, v)]).await.map(drop), &op, &bad),
-            Op::Update(v) => change_or_bad(db.update(key, &row(key, v)).await, &op, &bad),
-            Op::Delete => change_or_bad(db.delete(key).await, &op, &bad),
-        };
-        let unknown = matches!(outcome, Outcome::Unknown(_));
-        h.complete(p, outcome);
-        if unknown {
-            // Like a crashed Jepsen process: this thread's operation stays open forever.
-            thread += 1;
-        }
-    }
-}
-
-fn change_or_bad(r: Result<(), DbError>, op: &Op, bad: &std::sync::Mutex<Vec<String>>) -> Outcome {
-    match change_outcome(r, op) {
-        Ok(o) => o,
-        Err(why) => {
-            bad.lock().unwrap().push(why.clone());
-            Outcome::Unknown(why)
-        }
-    }
 }
 
 /// Waits until `server` is back (a new process) and serves its shards through the router.
@@ -130,13 +54,8 @@ async fn back(up: &ClusterProc, db: &Db, server: &str, old_pid: u32) -> Duration
         let pid = node_pid(up.pid(), server)?;
         (pid != old_pid).then_some(())?;
         db.read_server(server).await.ok()?;
-        let mut c = client::HttpClient::connect(http).await.ok()?;
-        let metrics = String::from_utf8(c.request("GET", "/metrics", b"").await.ok()?.body).ok()?;
-        let voters = |shard: &str| {
-            let prefix = format!("shardgate_db_shard_live_replicas{{shard=\"{shard}\"}} ");
-            metrics.lines().find_map(|l| l.strip_prefix(&prefix)).map(str::trim) == Some("3")
-        };
-        (voters("sh1") && voters("sh2")).then_some(())
+        (live_replicas(http, "sh1").await? == 3 && live_replicas(http, "sh2").await? == 3)
+            .then_some(())
     })
     .await;
     assert!(ok.is_some(), "{server} did not come back within 60 s");
@@ -156,10 +75,13 @@ async fn kill9_under_load_keeps_every_key_linearizable() {
     let stop = Arc::new(AtomicBool::new(false));
     let bad = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut clients = Vec::new();
+    // Most operations one client makes (the loop ends earlier when the kills are done).
+    let w = Workload { keys: KEYS.to_vec(), max_ops: 2000, reads: Consistency::Default };
     for c in 0..CLIENTS {
         clients.push(tokio::spawn(client_loop(
             c,
             db.clone(),
+            w.clone(),
             h.clone(),
             stop.clone(),
             bad.clone(),
@@ -221,14 +143,7 @@ async fn kill9_under_load_keeps_every_key_linearizable() {
     .await;
     assert!(converged.is_some(), "replicas differ from each other or from the router's read");
     // The final state joins the history as reads that started after everything else ended.
-    for key in KEYS {
-        let v = everything
-            .iter()
-            .find(|r| r["Stud_id"].as_i64() == Some(key))
-            .and_then(|r| r["Stud_name"].as_str().map(str::to_string));
-        let p = h.invoke(u64::MAX - 1, key, Op::Read);
-        h.complete(p, Outcome::Ok(Ret::Value(v)));
-    }
+    record_final_state(&h, &KEYS, &everything);
 
     let (ops, unknown) = h.counts();
     recoveries.sort();
@@ -241,12 +156,7 @@ async fn kill9_under_load_keeps_every_key_linearizable() {
         recoveries.last()
     );
     assert!(ops >= OPS_BETWEEN_KILLS * kills, "too few operations to mean anything: {ops}");
-    let wrong = h.non_linearizable_keys().unwrap();
-    if !wrong.is_empty() {
-        let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("fault_kill-history.txt");
-        let _ = std::fs::write(&out, h.render(&wrong));
-        panic!("history not linearizable for keys {wrong:?}; written to {}", out.display());
-    }
+    assert_linearizable(&h, "fault_kill");
 }
 
 /// The checker itself rejects what it must: a read that returns a value overwritten before

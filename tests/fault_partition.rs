@@ -13,77 +13,23 @@
 
 mod common;
 
+#[path = "common/net.rs"]
+mod net;
+
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
-use std::process::Command;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use client::{CallError, Connection};
 use common::{poll, NodeProc};
+use net::Firewall;
 use protocol::{
     AdoptReq, ConfigReq, Consistency, CopyReq, ErrorKind, FollowReq, PromoteReq, Quorum, ReadReq,
     Replica, Request, Response, Row, Schema, ShardSpec, Value, WriteReq,
 };
 
 const SHARD: &str = "sh1";
-
-/// iptables rules added by this test, removed on drop.
-struct Firewall {
-    tag: String,
-    rules: Vec<Vec<String>>,
-}
-
-impl Firewall {
-    /// `None` when iptables cannot be used here (not root, not installed).
-    fn new() -> Option<Firewall> {
-        let ok = Command::new("iptables")
-            .args(["-w", "-L", "OUTPUT", "-n"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        ok.then(|| Firewall {
-            tag: format!("shardgate-test-{}", std::process::id()),
-            rules: vec![],
-        })
-    }
-
-    /// Drops every packet between `a` and `b`, both ways.
-    fn cut(&mut self, a: IpAddr, b: IpAddr) {
-        for (s, d) in [(a, b), (b, a)] {
-            let rule: Vec<String> = [
-                "OUTPUT",
-                "-s",
-                &s.to_string(),
-                "-d",
-                &d.to_string(),
-                "-m",
-                "comment",
-                "--comment",
-                &self.tag,
-                "-j",
-                "DROP",
-            ]
-            .iter()
-            .map(|x| x.to_string())
-            .collect();
-            let status = Command::new("iptables").arg("-w").arg("-I").args(&rule).status();
-            assert!(status.is_ok_and(|s| s.success()), "iptables -I {rule:?} failed");
-            self.rules.push(rule);
-        }
-    }
-
-    fn heal(&mut self) {
-        for rule in self.rules.drain(..) {
-            let _ = Command::new("iptables").arg("-w").arg("-D").args(&rule).status();
-        }
-    }
-}
-
-impl Drop for Firewall {
-    fn drop(&mut self) {
-        self.heal();
-    }
-}
 
 struct Member {
     name: String,

@@ -99,12 +99,15 @@ impl Cluster {
         let spawner = Arc::new(ProcessSpawner::new(ProcessConfig {
             exe: shardgate_bin(),
             data_dir: dir.path().to_path_buf(),
-            host: "127.0.0.1".parse().unwrap(),
+            hosts: vec!["127.0.0.1".parse().unwrap()],
         }));
         let cfg = ManagerConfig {
             servers: 0,
-            heartbeat: Duration::from_millis(50),
-            dead_after: Duration::from_millis(300),
+            // Failure detection with margin: on a loaded 2-core CI machine a node can go
+            // unscheduled for a few hundred ms, and a false failover breaks the exact
+            // epochs these tests check.
+            heartbeat: Duration::from_millis(100),
+            dead_after: Duration::from_millis(1000),
             ..ManagerConfig::default()
         };
         let log = lb::manager::log_dir(dir.path());

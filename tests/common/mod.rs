@@ -26,11 +26,22 @@ impl NodeProc {
 
     /// Starts `shardgate node` with its binary protocol on `listen` (port 0 when `None`).
     pub fn start_on(name: &str, data_dir: &Path, listen: Option<SocketAddr>) -> NodeProc {
+        NodeProc::start_with(name, data_dir, listen, &[])
+    }
+
+    /// [`NodeProc::start_on`] with `extra` arguments (`--max-connections 8`, ...).
+    pub fn start_with(
+        name: &str,
+        data_dir: &Path,
+        listen: Option<SocketAddr>,
+        extra: &[&str],
+    ) -> NodeProc {
         let listen = listen.map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
         let mut child = Command::new(BIN)
             .args(["node", "--name", name, "--listen", &listen, "--http", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -202,7 +213,8 @@ impl ClusterProc {
     pub fn start(args: &[&str]) -> ClusterProc {
         let mut child = Command::new(BIN)
             .args(args)
-            .env("RUST_LOG", "warn")
+            // SHARDGATE_TEST_LOG=info (or any filter) shows more of what the processes do.
+            .env("RUST_LOG", std::env::var("SHARDGATE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -345,4 +357,21 @@ pub async fn node_http(root: u32, name: &str) -> Option<SocketAddr> {
         matches!(probe, Ok(Ok((200, _)))).then_some(a)
     });
     futures::future::join_all(probes).await.into_iter().flatten().next()
+}
+
+/// The output folder of test `test`: `<target>/tmp/test-output/<test>/`, created when
+/// missing (histories a checker rejected and other evidence go there).
+pub fn output_dir(test: &str) -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-output").join(test);
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+/// How many replicas of `shard` the router at `http` spreads reads over (its `/metrics`
+/// gauge `shardgate_db_shard_live_replicas`): every voter that is alive.
+pub async fn live_replicas(http: SocketAddr, shard: &str) -> Option<usize> {
+    let mut c = client::HttpClient::connect(http).await.ok()?;
+    let metrics = String::from_utf8(c.request("GET", "/metrics", b"").await.ok()?.body).ok()?;
+    let prefix = format!("shardgate_db_shard_live_replicas{{shard=\"{shard}\"}} ");
+    metrics.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
 }

@@ -94,19 +94,48 @@ impl Manager {
                     tracing::warn!(servers = ?missing, error = %e.message, "cannot start catalog servers");
                 }
             }
-            self.join_servers(rt, &cat).await;
-            let steps =
-                futures::future::join_all(
-                    cat.shards.iter().map(|s| {
-                        let prev = rt.promoted.get(&s.id).cloned();
-                        let catch_up = rt.catch_up.get(&s.id).cloned();
-                        let removing = rt.removing.clone();
-                        async move {
-                            (s.id.clone(), self.converge(&s.id, prev, catch_up, &removing).await)
+            // A shard this process has set up takes its step while new or respawned servers
+            // are configured: a server that cannot be reached (cut off, dying) must not hold
+            // a failover back. A shard without one (a new database, a restarted manager, a
+            // failed step) waits for them: its election needs them configured.
+            let step_of = |s: &crate::catalog::ShardRange| {
+                let prev = rt.promoted.get(&s.id).cloned();
+                let catch_up = rt.catch_up.get(&s.id).cloned();
+                let removing = rt.removing.clone();
+                let id = s.id.clone();
+                async move {
+                    let step = self.converge(&id, prev.clone(), catch_up, &removing);
+                    // Only a step that starts with a live primary can lose it midway (a step
+                    // that starts without one elects).
+                    let ms = self.membership();
+                    let watched = prev.filter(|p| {
+                        live_addr(&ms, &p.primary).as_deref() == Some(p.primary_addr.as_str())
+                    });
+                    let step = match watched {
+                        Some(p) => {
+                            tokio::select! {
+                                step = step => step,
+                                () = self.primary_gone(&p) => {
+                                    let why = format!(
+                                        "primary {} ({}) died during the step",
+                                        p.primary, p.primary_addr
+                                    );
+                                    Step::failed(Some(p), ErrorBody::unavailable(why))
+                                }
+                            }
                         }
-                    }),
-                )
-                .await;
+                        None => step.await,
+                    };
+                    (id, step)
+                }
+            };
+            let (set_up, new): (Vec<_>, Vec<_>) =
+                cat.shards.iter().partition(|s| rt.promoted.contains_key(&s.id));
+            let early =
+                futures::future::join_all(set_up.into_iter().map(step_of).collect::<Vec<_>>());
+            let late: Vec<_> = new.into_iter().map(step_of).collect();
+            let ((), mut steps) = tokio::join!(self.join_servers(rt, &cat), early);
+            steps.extend(futures::future::join_all(late).await);
             for (shard, step) in steps {
                 match step.catch_up {
                     Some(c) => rt.catch_up.insert(shard.clone(), c),
@@ -136,6 +165,22 @@ impl Manager {
             }
         }
         self.publish_view();
+    }
+
+    /// Completes once the process promoted in `p` is no longer the live server of its
+    /// name (declared dead, replaced): a step waiting on it can stop, the next round elects.
+    async fn primary_gone(&self, p: &Promoted) {
+        let mut members = self.published.subscribe();
+        loop {
+            let ms = members.borrow_and_update().clone();
+            if live_addr(&ms, &p.primary).as_deref() != Some(p.primary_addr.as_str()) {
+                return;
+            }
+            if members.changed().await.is_err() {
+                // The manager is stopping: the step's own calls end it.
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Configures every live server process not configured yet, and has it follow each of

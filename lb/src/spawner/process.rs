@@ -38,20 +38,39 @@ pub struct ProcessConfig {
     pub exe: PathBuf,
     /// The data directory; node `NAME` keeps its data in `<data_dir>/nodes/NAME`.
     pub data_dir: PathBuf,
-    /// The address nodes bind (port 0 each).
-    pub host: IpAddr,
+    /// The addresses nodes bind (port 0 each). With several, each node name gets the next
+    /// one in turn when it first starts and keeps it across respawns, so a test (or a user
+    /// studying faults) can cut one replica off from the others with iptables rules on its
+    /// address. Empty means 127.0.0.1.
+    pub hosts: Vec<IpAddr>,
 }
 
 /// Starts nodes as child processes; see the module doc.
 pub struct ProcessSpawner {
     cfg: ProcessConfig,
     children: Mutex<HashMap<String, Child>>,
+    /// The address each node name was given (see [`ProcessConfig::hosts`]).
+    hosts_of: Mutex<HashMap<String, IpAddr>>,
 }
 
 impl ProcessSpawner {
     /// A spawner with no children yet.
     pub fn new(cfg: ProcessConfig) -> ProcessSpawner {
-        ProcessSpawner { cfg, children: Mutex::new(HashMap::new()) }
+        ProcessSpawner {
+            cfg,
+            children: Mutex::new(HashMap::new()),
+            hosts_of: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The address node `name` binds: the one it had, else the next of the configured ones.
+    fn host_for(&self, name: &str) -> IpAddr {
+        let mut given = self.hosts_of.lock().unwrap_or_else(|e| e.into_inner());
+        let next = match self.cfg.hosts.as_slice() {
+            [] => IpAddr::from([127, 0, 0, 1]),
+            hosts => hosts[given.len() % hosts.len()],
+        };
+        *given.entry(name.to_string()).or_insert(next)
     }
 
     /// The data directory of node `name`.
@@ -73,7 +92,7 @@ impl ProcessSpawner {
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
-        let bind = SocketAddr::new(self.cfg.host, 0).to_string();
+        let bind = SocketAddr::new(self.host_for(name), 0).to_string();
         let mut cmd = Command::new(&self.cfg.exe);
         cmd.args(["node", "--name", name, "--listen", &bind, "--http", &bind, "--data-dir"])
             .arg(&dir)
