@@ -18,6 +18,8 @@ use lb::spawner::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::security::{warn_if_exposed, AdminTokenArgs, Door, LimitArgs};
+
 /// How long a router waits for the manager's first membership before `up` gives up.
 const FIRST_MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -100,6 +102,10 @@ pub struct RouterArgs {
     /// Limit on one forwarding attempt, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub forward_timeout_ms: u64,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub admin: AdminTokenArgs,
 }
 
 /// `shardgate up`.
@@ -176,6 +182,8 @@ fn router_config(manager: String, args: &RouterArgs) -> Result<RouterConfig, Str
     cfg.key = args.key.clone();
     cfg.attempts = args.attempts;
     cfg.forward_timeout = Duration::from_millis(args.forward_timeout_ms.max(1));
+    cfg.limits = args.limits.limits()?;
+    cfg.admin_token = args.admin.token()?;
     Ok(cfg)
 }
 
@@ -213,6 +221,18 @@ async fn init_database(manager: &Arc<Manager>, init: &str) -> Result<(), String>
     }
     tracing::info!("database configured by --init");
     Ok(())
+}
+
+/// Warns about the manager's control door and its replicas' doors when they are open beyond
+/// loopback without the cluster secret.
+fn warn_manager_exposure(args: &ManagerArgs, control: &TcpListener) {
+    if let Ok(a) = control.local_addr() {
+        warn_if_exposed("shard manager (--listen)", a, Door::Binary, false);
+    }
+    // The replicas' binary doors; their HTTP shims warn for themselves.
+    for &host in &args.node_host {
+        warn_if_exposed("replicas (--node-host)", SocketAddr::new(host, 0), Door::Binary, false);
+    }
 }
 
 /// A running manager with its control listener.
@@ -295,6 +315,16 @@ impl RouterListeners {
         Ok(RouterListeners { http, binary })
     }
 
+    /// Warns about each listener open beyond loopback without its guard.
+    fn warn_if_exposed(&self, has_admin_token: bool) {
+        if let Ok(a) = self.http.local_addr() {
+            warn_if_exposed("router HTTP (--http)", a, Door::Http, has_admin_token);
+        }
+        if let Ok(a) = self.binary.local_addr() {
+            warn_if_exposed("router binary (--binary)", a, Door::Binary, false);
+        }
+    }
+
     /// `http=ADDR binary=ADDR` for the banner.
     fn describe(&self) -> String {
         format!("http={} binary={}", local(&self.http), local(&self.binary))
@@ -352,24 +382,22 @@ pub async fn up(args: UpArgs, shutdown: impl Future<Output = ()>) -> Result<(), 
     // Bind both first: a port in use fails before any replica starts.
     let control = bind(args.manager.listen, "the shard manager").await?;
     let listeners = RouterListeners::bind(&router_args).await?;
+    // Bad limits or an unreadable token fail before any replica starts.
+    let cfg = router_config(local(&control), &router_args)?;
+    warn_manager_exposure(&args.manager, &control);
+    listeners.warn_if_exposed(cfg.admin_token.is_some());
     let control_addr = local(&control);
     let Some(running) = start_manager(&args.manager, control, &mut shutdown).await? else {
         return Ok(());
     };
-    let cfg = router_config(control_addr.clone(), &router_args);
     let addrs = listeners.describe();
-    let result = match cfg {
-        Ok(cfg) => {
-            run_router(cfg, listeners, &mut shutdown, |r| {
-                format!(
-                    "shardgate up listening {addrs} manager={control_addr} servers={}",
-                    r.membership().members.len()
-                )
-            })
-            .await
-        }
-        Err(e) => Err(e),
-    };
+    let result = run_router(cfg, listeners, &mut shutdown, |r| {
+        format!(
+            "shardgate up listening {addrs} manager={control_addr} servers={}",
+            r.membership().members.len()
+        )
+    })
+    .await;
     tracing::info!("stopping: router stopped, stopping the shard manager and every replica");
     running.stop().await;
     result
@@ -381,6 +409,7 @@ pub async fn manager(args: ManagerArgs, shutdown: impl Future<Output = ()>) -> R
     // Calls to the nodes leave from the manager's own address.
     client::set_source_ip(args.listen.ip());
     let control = bind(args.listen, "the shard manager").await?;
+    warn_manager_exposure(&args, &control);
     let addr = local(&control);
     let Some(running) = start_manager(&args, control, &mut shutdown).await? else {
         return Ok(());
@@ -403,6 +432,7 @@ pub async fn lb(args: LbArgs, shutdown: impl Future<Output = ()>) -> Result<(), 
     let listeners = RouterListeners::bind(&args.router).await?;
     let addrs = listeners.describe();
     let cfg = router_config(args.manager.clone(), &args.router)?;
+    listeners.warn_if_exposed(cfg.admin_token.is_some());
     let manager = args.manager.clone();
     run_router(cfg, listeners, &mut shutdown, |_| {
         format!("shardgate lb listening {addrs} manager={manager}")

@@ -14,6 +14,7 @@ mod bench_db;
 mod cluster;
 mod procs;
 mod progress;
+mod security;
 
 #[derive(Parser)]
 #[command(
@@ -42,10 +43,14 @@ enum Command {
         /// Directory of the node's shard replicas (default ./data/NAME).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        limits: security::LimitArgs,
+        #[command(flatten)]
+        admin: security::AdminTokenArgs,
     },
     /// Start the balancer: the shard manager and the router in one process, with
     /// --servers replicas named Server1..ServerN. Ctrl-C / SIGTERM stops everything.
-    Up(cluster::UpArgs),
+    Up(Box<cluster::UpArgs>),
     /// Run the shard manager alone (membership, heartbeats, replicas); routers connect to
     /// its --listen address.
     Manager(cluster::ManagerArgs),
@@ -100,8 +105,17 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Node { name, listen, http, data_dir } => {
+            Command::Node { name, listen, http, data_dir, limits, admin } => {
                 let data_dir = data_dir.unwrap_or_else(|| PathBuf::from("data").join(&name));
+                let guards = node::Guards { limits: limits.limits()?, admin_token: admin.token()? };
+                use security::{warn_if_exposed, Door};
+                warn_if_exposed("node binary (--listen)", listen, Door::Binary, false);
+                warn_if_exposed(
+                    "node HTTP (--http)",
+                    http,
+                    Door::Http,
+                    guards.admin_token.is_some(),
+                );
                 let cfg = node::NodeConfig {
                     name,
                     listen,
@@ -109,9 +123,9 @@ fn main() -> ExitCode {
                     data_dir,
                     shard: node::ShardOptions::default(),
                 };
-                node::run(cfg, shutdown_signal()).await.map_err(|e| e.to_string())
+                node::run_with(cfg, guards, shutdown_signal()).await.map_err(|e| e.to_string())
             }
-            Command::Up(args) => cluster::up(args, shutdown_signal()).await,
+            Command::Up(args) => cluster::up(*args, shutdown_signal()).await,
             Command::Manager(args) => cluster::manager(args, shutdown_signal()).await,
             Command::Lb(args) => cluster::lb(args, shutdown_signal()).await,
             // These start clusters of their own: on Ctrl-C / SIGTERM their future is dropped,

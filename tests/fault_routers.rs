@@ -1,17 +1,21 @@
-//! Fault injection, scenario 6: a shard's primary cut off from the shard manager and from
-//! its secondaries while the routers still reach it, under a Jepsen-style workload.
+//! Fault injection, scenario 6 and flaky links: network faults around a shard's primary
+//! while the routers still reach it, under a Jepsen-style workload.
 //!
 //! The whole system runs as real processes, each on its own loopback address so that
-//! iptables can cut exactly the links wanted: the manager on 127.0.0.1 (it starts the three
+//! iptables can hit exactly the links wanted: the manager on 127.0.0.1 (it starts the three
 //! nodes on 127.0.X.2-4 with `--node-host`), routers on 127.0.X.5 and .6, the test's
-//! clients on 127.0.0.1 talking to the routers. Each round cuts the current primary of one
-//! shard off from the manager and the other nodes (both ways in even rounds, only its
-//! outgoing packets in odd ones), waits for the manager to elect a new primary, lets the
-//! clients go on, heals, and waits for the replica set to be whole again.
+//! clients on 127.0.0.1 talking to the routers. Each round picks the current primary of one
+//! shard, hurts its links until the clients have made progress, heals, and waits for the
+//! replica set to be whole again.
 //!
-//! - Two routers, linearizable reads: the whole history is linearizable per key (the old
-//!   primary must neither acknowledge a write nor answer a read once it may be stale).
-//! - One router, default reads: linearizable too (the router's LSN floor).
+//! - Two routers, linearizable reads: the primary is cut off from the manager and its
+//!   secondaries (both ways in even rounds, only its outgoing packets in odd ones) and a new
+//!   one elected. The whole history is linearizable per key: the old primary neither
+//!   acknowledges a write nor answers a read once it may be stale.
+//! - One router, default reads, the same cuts: linearizable too (the router's LSN floor).
+//! - Two routers, linearizable reads: every link of the primary (routers included) loses
+//!   20% of its packets (even rounds; TCP retransmissions make it a slow link), or has every
+//!   connection reset (odd rounds).
 //!
 //! At the end every replica holds what the router reads. CI runs two rounds per test;
 //! `SHARDGATE_SOAK_PARTITIONS=20 cargo test --release --test fault_routers` soaks. Needs root
@@ -47,7 +51,7 @@ const KEYS: [i64; 12] = [0, 1, 2, 3, 4, 5, 1000, 1001, 1002, 1003, 1004, 1005];
 const OPS_PER_PHASE: usize = 60;
 
 /// One cluster at a time: both tests cut links, and two clusters would share the CPU.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn config() -> String {
     json!({"N": 3,
@@ -143,10 +147,22 @@ impl System {
     }
 }
 
-/// Runs `rounds` partition rounds under `clients` clients (client `c` on router `c %
-/// routers`) and checks the history; see the module doc.
-async fn partitions_under_load(test: &str, block: u8, routers: u8, reads: Consistency) {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+/// What each round does to the primary of one shard.
+#[derive(Clone, Copy)]
+enum Nemesis {
+    /// Cut it off from the manager and the other nodes (both ways, then one way).
+    Partitions,
+    /// Make all of its links lossy, then reset all of its connections.
+    FlakyLinks,
+}
+
+/// Share of packets a lossy link drops.
+const LOSS: f64 = 0.2;
+
+/// Runs the rounds of `nemesis` under six clients (client `c` on router `c % routers`) and
+/// checks the history; see the module doc.
+async fn under_faults(test: &str, block: u8, routers: u8, reads: Consistency, nemesis: Nemesis) {
+    let _one = ONE_AT_A_TIME.lock().await;
     let Some(mut fw) = Firewall::new() else {
         eprintln!(
             "SKIPPED {test}: iptables is not usable here (needs root and the iptables package)"
@@ -185,39 +201,63 @@ async fn partitions_under_load(test: &str, block: u8, routers: u8, reads: Consis
     let mut elections = Vec::new();
     for round in 0..rounds {
         let shard = SHARDS[round % SHARDS.len()];
-        let victim = sys.primary(shard).await.expect("a primary before the cut");
+        let victim = sys.primary(shard).await.expect("a primary before the fault");
         let ip = sys.node_ip(&victim).await;
+        // The manager (127.0.0.1) and the other nodes.
         let mut others = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
         for s in SERVERS.iter().filter(|s| **s != victim) {
             others.push(sys.node_ip(s).await);
         }
-        let one_way = round % 2 == 1;
         let t = Instant::now();
-        // The manager (127.0.0.1) and the other nodes; the routers still reach the victim.
-        for peer in &others {
-            if one_way {
-                fw.cut_one_way(ip, *peer);
-            } else {
-                fw.cut(ip, *peer);
+        let what = match nemesis {
+            Nemesis::Partitions => {
+                // The routers still reach the victim.
+                let one_way = round % 2 == 1;
+                for peer in &others {
+                    if one_way {
+                        fw.cut_one_way(ip, *peer);
+                    } else {
+                        fw.cut(ip, *peer);
+                    }
+                }
+                let elected = poll(Duration::from_secs(30), || async {
+                    sys.primary(shard).await.filter(|p| *p != victim)
+                })
+                .await;
+                let Some(new) = elected else {
+                    panic!("round {round}: no new primary for {shard} within 30 s of cutting {victim} off")
+                };
+                elections.push(t.elapsed());
+                format!(
+                    "cut off {}, {new} primary of {shard} after {:?}",
+                    if one_way { "one way" } else { "both ways" },
+                    t.elapsed()
+                )
             }
-        }
-        let elected = poll(Duration::from_secs(30), || async {
-            sys.primary(shard).await.filter(|p| *p != victim)
-        })
-        .await;
-        let Some(new) = elected else {
-            panic!("round {round}: no new primary for {shard} within 30 s of cutting {victim} off")
+            Nemesis::FlakyLinks => {
+                // Every link of the victim, the routers' included.
+                let routers = sys.routers.iter().map(|r| r.http().ip());
+                let peers: Vec<IpAddr> = others.iter().copied().chain(routers).collect();
+                let lossy = round % 2 == 0;
+                for peer in peers {
+                    if lossy {
+                        fw.lossy(ip, peer, LOSS);
+                    } else {
+                        fw.reset(ip, peer);
+                    }
+                }
+                if lossy {
+                    format!("lost {}% of its packets", LOSS * 100.0)
+                } else {
+                    "had every connection reset".to_string()
+                }
+            }
         };
-        elections.push(t.elapsed());
-        eprintln!(
-            "{test}: round {round}: {victim} ({ip}) cut off {}, {new} primary of {shard} after {:?}",
-            if one_way { "one way" } else { "both ways" },
-            t.elapsed()
-        );
-        progress(format!("while {victim} was cut off (round {round})")).await;
+        progress(format!("while {victim} {what} (round {round})")).await;
+        eprintln!("{test}: round {round}: {victim} ({ip}) {what}; healed after {:?}", t.elapsed());
         fw.heal();
         sys.wait_whole(Duration::from_secs(60)).await;
-        progress(format!("after the cut healed (round {round})")).await;
+        progress(format!("after the fault healed (round {round})")).await;
     }
     stop.store(true, Ordering::Relaxed);
     for c in clients {
@@ -243,7 +283,7 @@ async fn partitions_under_load(test: &str, block: u8, routers: u8, reads: Consis
     let (ops, unknown) = h.counts();
     elections.sort();
     eprintln!(
-        "{test}: {rounds} partitions, {ops} operations ({unknown} with unknown outcome) over \
+        "{test}: {rounds} faults, {ops} operations ({unknown} with unknown outcome) over \
          {routers} router(s), {} rows at the end; new primary after p50 {:?}, max {:?}",
         everything.len(),
         elections.get(elections.len() / 2),
@@ -255,10 +295,16 @@ async fn partitions_under_load(test: &str, block: u8, routers: u8, reads: Consis
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_routers_linearizable_reads_across_a_partitioned_primary() {
-    partitions_under_load("two_routers_linearizable", 1, 2, Consistency::Linearizable).await;
+    let (lin, parts) = (Consistency::Linearizable, Nemesis::Partitions);
+    under_faults("two_routers_linearizable", 1, 2, lin, parts).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_router_default_reads_across_a_partitioned_primary() {
-    partitions_under_load("one_router_default_reads", 2, 1, Consistency::Default).await;
+    under_faults("one_router_default_reads", 2, 1, Consistency::Default, Nemesis::Partitions).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lossy_and_reset_links_of_a_primary() {
+    under_faults("flaky_links", 3, 2, Consistency::Linearizable, Nemesis::FlakyLinks).await;
 }

@@ -52,10 +52,10 @@ impl HttpClient {
             return true;
         }
         let mut probe = [0u8; 1];
-        match self.stream.get_ref().try_read(&mut probe) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
-            _ => true,
-        }
+        !matches!(
+            self.stream.get_ref().try_read(&mut probe),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        )
     }
 
     /// Sends `method path` with `body` (JSON, `Content-Length`) and reads the response.

@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use protocol::limits::ConnectionLimit;
 use protocol::server::Handler;
 use protocol::{ErrorBody, Request, Response};
 use tokio::net::TcpListener;
@@ -30,12 +31,13 @@ impl Handler for Node {
     }
 }
 
-/// Accepts binary-protocol connections until `cancel`.
+/// Accepts binary-protocol connections until `cancel`, at most `limit` at once.
 pub(crate) async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
+    limit: Arc<ConnectionLimit>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    protocol::server::serve(listener, node, cancel, tracker).await
+    protocol::server::serve_with_limit(listener, node, cancel, tracker, limit).await
 }

@@ -14,9 +14,11 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, StatusCode};
+use protocol::auth::AdminToken;
 use protocol::json::{key_field, row_from_json, rows_from_json, rows_to_json};
+use protocol::limits::{ConnectionLimit, WriteStall};
 use protocol::{
     ConfigReq, CopyReq, DeleteReq, ErrorBody, ForwardReq, ReadReq, Request, Response, UpdateReq,
     WriteReq,
@@ -30,8 +32,6 @@ use crate::node::Node;
 
 /// Largest request body accepted; a larger one gets 413.
 pub const MAX_HTTP_BODY_BYTES: usize = 16 * 1024 * 1024;
-/// A client must send a request's headers within this time.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client must send a request's body within this time once its headers are in; one that
 /// stops half way would otherwise hold its connection for ever.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,15 +47,30 @@ pub(crate) struct Answer {
     pub body: Vec<u8>,
 }
 
+/// How the HTTP door guards itself.
+pub(crate) struct HttpDoor {
+    /// The cap on connections; one beyond it is answered 503 and closed.
+    pub limit: Arc<ConnectionLimit>,
+    /// A request head must be complete within this time from the connection's start or the
+    /// end of the previous answer (hyper's header timeout: slowloris clients and idle
+    /// keep-alive connections are closed), and an answer's write may stall this long.
+    pub idle_timeout: Duration,
+    /// When set, `/config` needs `Authorization: Bearer TOKEN`.
+    pub admin_token: Option<AdminToken>,
+}
+
 /// Accepts HTTP connections until `cancel`; each connection finishes its current request.
 pub(crate) async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
+    door: HttpDoor,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let refusal = protocol::limits::http_refusal(&door.limit);
+    let admin_token = Arc::new(door.admin_token);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -66,19 +81,25 @@ pub(crate) async fn serve(
                 }
             },
         };
+        let Some(permit) = door.limit.try_admit() else {
+            door.limit.refuse(stream, peer, refusal.clone(), &tracker);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let node = node.clone();
+        let (node, token) = (node.clone(), admin_token.clone());
         let cancel = cancel.clone();
+        let idle = door.idle_timeout;
         tracker.spawn(async move {
-            let io = hyper_util::rt::TokioIo::new(stream);
+            let _permit = permit;
+            let io = hyper_util::rt::TokioIo::new(WriteStall::new(stream, idle));
             let service = hyper::service::service_fn(move |req| {
-                let node = node.clone();
-                async move { Ok::<_, Infallible>(handle(&node, req).await) }
+                let (node, token) = (node.clone(), token.clone());
+                async move { Ok::<_, Infallible>(handle(&node, req, token.as_ref().as_ref()).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(idle)
                 .serve_connection(io, service);
             tokio::pin!(conn);
             tokio::select! {
@@ -96,9 +117,22 @@ pub(crate) async fn serve(
     }
 }
 
-async fn handle(node: &Node, req: hyper::Request<Incoming>) -> HttpResponse {
+/// Endpoints of the node's HTTP door that need the admin token when one is set.
+const ADMIN_PATHS: &[&str] = &["/config"];
+
+async fn handle(
+    node: &Node,
+    req: hyper::Request<Incoming>,
+    admin_token: Option<&AdminToken>,
+) -> HttpResponse {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let authorized = match admin_token {
+        Some(t) if ADMIN_PATHS.contains(&path.as_str()) => {
+            t.check(req.headers().get(AUTHORIZATION).map(|v| v.as_bytes()), &path)
+        }
+        _ => Ok(()),
+    };
     let body = req.into_body();
     let too_large = || {
         http_response(error_answer(&ErrorBody::too_large(format!(
@@ -129,6 +163,13 @@ async fn handle(node: &Node, req: hyper::Request<Incoming>) -> HttpResponse {
             ));
         }
     };
+    // Refused after the body is read, like a 413: a client that sends its whole body
+    // before reading would otherwise see a broken pipe instead of the 401.
+    if let Err(refusal) = authorized {
+        let mut r = http_response(error_answer(&refusal.error));
+        r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static(refusal.challenge));
+        return r;
+    }
     http_response(answer(node, &method, &path, &body).await)
 }
 
@@ -232,11 +273,10 @@ async fn route(node: &Node, method: &Method, path: &str, body: &[u8]) -> Result<
                     ErrorBody::bad_request("field 'curr_idx' must be a non-negative integer")
                 })?),
             };
-            Request::Write(WriteReq {
-                rows: rows_from_json(&schema, field(&body, "data")?)?,
-                shard,
-                curr_idx,
-            })
+            // Every row is checked first: a bad row is named (400) whatever the count.
+            let rows = rows_from_json(&schema, field(&body, "data")?)?;
+            node.row_limits().check_write(rows.len())?;
+            Request::Write(WriteReq { rows, shard, curr_idx })
         }
         "/update" => {
             let shard = string_field(&body, "shard")?;
@@ -254,6 +294,13 @@ async fn route(node: &Node, method: &Method, path: &str, body: &[u8]) -> Result<
         }
     };
     let reply = node.handle(req).await?;
+    match &reply {
+        Response::Read { rows, .. } => node.row_limits().check_read(rows.len())?,
+        Response::Copy { shards } => {
+            node.row_limits().check_read(shards.iter().map(|(_, rows)| rows.len()).sum())?
+        }
+        _ => {}
+    }
     Ok(json_answer(StatusCode::OK, &answer_json(node, reply, read_schema.as_ref())?))
 }
 

@@ -27,6 +27,9 @@ pub struct Node {
     shards: RwLock<HashMap<ShardId, Arc<Shard>>>,
     /// Serializes `/config` calls, which create directories.
     config_lock: tokio::sync::Mutex<()>,
+    /// Caps on the rows of one HTTP (or forwarded) `/write` and read answer; the binary
+    /// door's own requests come from the cluster and are not capped here.
+    row_limits: RwLock<protocol::limits::RowLimits>,
 }
 
 impl Node {
@@ -54,12 +57,23 @@ impl Node {
             opts,
             shards: RwLock::new(shards),
             config_lock: tokio::sync::Mutex::new(()),
+            row_limits: RwLock::new(protocol::limits::RowLimits::default()),
         })
     }
 
     /// The server's name (its `[ID]`).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The caps on rows of the HTTP endpoints (`/write`, `/read`, `/copy`).
+    pub fn row_limits(&self) -> protocol::limits::RowLimits {
+        *self.row_limits.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the caps on rows of the HTTP endpoints.
+    pub fn set_row_limits(&self, limits: protocol::limits::RowLimits) {
+        *self.row_limits.write().unwrap_or_else(|e| e.into_inner()) = limits;
     }
 
     /// The replica of `id`, or the contract's 400 naming it.

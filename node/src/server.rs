@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use protocol::auth::AdminToken;
+use protocol::limits::{ConnectionLimit, DoorLimits};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,6 +37,16 @@ pub struct NodeConfig {
     pub shard: ShardOptions,
 }
 
+/// How a node's doors guard themselves: the limits of its flags, and the admin token its HTTP
+/// shim requires for `/config` (none: open, as the contract's clients expect).
+#[derive(Clone, Debug, Default)]
+pub struct Guards {
+    /// Connection caps, the HTTP idle timeout, row caps.
+    pub limits: DoorLimits,
+    /// When set, `/config` over HTTP needs `Authorization: Bearer TOKEN`.
+    pub admin_token: Option<AdminToken>,
+}
+
 /// A running node.
 pub struct NodeServer {
     node: Arc<Node>,
@@ -45,8 +57,14 @@ pub struct NodeServer {
 }
 
 impl NodeServer {
-    /// Opens the node's data (recovering every shard) and starts serving.
+    /// Opens the node's data (recovering every shard) and starts serving, with the default
+    /// limits and no admin token.
     pub async fn start(cfg: NodeConfig) -> Result<NodeServer> {
+        NodeServer::start_with(cfg, Guards::default()).await
+    }
+
+    /// [`NodeServer::start`] with the doors guarded by `guards`.
+    pub async fn start_with(cfg: NodeConfig, guards: Guards) -> Result<NodeServer> {
         let waiting_since = std::time::Instant::now();
         let node = loop {
             let (name, dir, opts) = (cfg.name.clone(), cfg.data_dir.clone(), cfg.shard.clone());
@@ -65,6 +83,7 @@ impl NodeServer {
                 other => break other?,
             }
         };
+        node.set_row_limits(guards.limits.rows);
         let node = Arc::new(node);
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -83,12 +102,30 @@ impl NodeServer {
                 let a = l
                     .local_addr()
                     .map_err(|e| Error::io("bind", std::path::Path::new("http"), e))?;
-                tracker.spawn(crate::http::serve(l, node.clone(), cancel.clone(), tracker.clone()));
+                let door = crate::http::HttpDoor {
+                    limit: ConnectionLimit::new("http", guards.limits.max_connections),
+                    idle_timeout: guards.limits.idle_timeout,
+                    admin_token: guards.admin_token.clone(),
+                };
+                tracker.spawn(crate::http::serve(
+                    l,
+                    node.clone(),
+                    door,
+                    cancel.clone(),
+                    tracker.clone(),
+                ));
                 Some(a)
             }
             None => None,
         };
-        tracker.spawn(crate::binary::serve(binary, node.clone(), cancel.clone(), tracker.clone()));
+        let binary_limit = ConnectionLimit::new("binary", guards.limits.max_connections);
+        tracker.spawn(crate::binary::serve(
+            binary,
+            node.clone(),
+            binary_limit,
+            cancel.clone(),
+            tracker.clone(),
+        ));
         Ok(NodeServer { node, binary_addr, http_addr, cancel, tracker })
     }
 
@@ -120,11 +157,21 @@ impl NodeServer {
     }
 }
 
-/// Runs a node until `shutdown` completes, then stops it cleanly.
+/// Runs a node until `shutdown` completes, then stops it cleanly (default limits, no admin
+/// token).
 pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    run_with(cfg, Guards::default(), shutdown).await
+}
+
+/// [`run`] with the doors guarded by `guards`.
+pub async fn run_with(
+    cfg: NodeConfig,
+    guards: Guards,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
     // A node bound to its own address talks to its peers from it too.
     client::set_source_ip(cfg.listen.ip());
-    let server = NodeServer::start(cfg.clone()).await?;
+    let server = NodeServer::start_with(cfg.clone(), guards).await?;
     tracing::info!(
         name = %cfg.name,
         binary = %server.binary_addr(),

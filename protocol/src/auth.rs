@@ -91,6 +91,97 @@ pub fn verify_caller(secret: &[u8], server: &[u8], caller: &[u8], proof: &[u8]) 
     mac(secret, b"client", server, caller).verify_slice(proof).is_ok()
 }
 
+/// The bearer token of the HTTP admin endpoints (`--admin-token`). It is kept only as a keyed
+/// hash (the key random per process), and a presented token is hashed the same way and
+/// compared in constant time, so neither its bytes nor its length leak through timing.
+/// `Debug` does not show it.
+#[derive(Clone)]
+pub struct AdminToken {
+    key: [u8; 32],
+    digest: [u8; PROOF_LEN],
+}
+
+impl AdminToken {
+    /// The token `token` (surrounding whitespace removed); `None` when it is empty.
+    pub fn new(token: &str) -> Option<AdminToken> {
+        let token = token.trim();
+        if token.is_empty() {
+            return None;
+        }
+        let key: [u8; 32] = rand::random();
+        let digest = Self::hash(&key, token.as_bytes()).finalize().into_bytes().into();
+        Some(AdminToken { key, digest })
+    }
+
+    fn hash(key: &[u8], token: &[u8]) -> Hmac<Sha256> {
+        let mut m = match <Hmac<Sha256> as Mac>::new_from_slice(key) {
+            Ok(m) => m,
+            Err(_) => unreachable!("HMAC accepts keys of every length"),
+        };
+        m.update(b"shardgate-admin-token-v1 ");
+        m.update(token);
+        m
+    }
+
+    /// Whether `presented` is the token, in constant time.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        Self::hash(&self.key, presented).verify_slice(&self.digest).is_ok()
+    }
+
+    /// Whether an `Authorization` header value carries the token (`Bearer TOKEN`; the
+    /// scheme in any case).
+    pub fn authorizes(&self, header: Option<&[u8]>) -> bool {
+        self.check(header, "").is_ok()
+    }
+
+    /// Admits a request to the admin endpoint `path` whose `Authorization` header is
+    /// `header`, or says why not (a 401 and its `WWW-Authenticate` challenge, RFC 6750).
+    pub fn check(&self, header: Option<&[u8]>, path: &str) -> Result<(), AdminRefusal> {
+        match header.and_then(bearer) {
+            Some(presented) if self.matches(presented) => Ok(()),
+            Some(_) => Err(AdminRefusal {
+                error: crate::ErrorBody::unauthorized(format!(
+                    "the admin token presented for '{path}' is wrong"
+                )),
+                challenge: "Bearer realm=\"shardgate\", error=\"invalid_token\"",
+            }),
+            None => Err(AdminRefusal {
+                error: crate::ErrorBody::unauthorized(format!(
+                    "'{path}' is an admin endpoint: send the admin token as \
+                     'Authorization: Bearer TOKEN'"
+                )),
+                challenge: "Bearer realm=\"shardgate\"",
+            }),
+        }
+    }
+}
+
+/// Why a request to an HTTP admin endpoint was refused.
+#[derive(Clone, Debug)]
+pub struct AdminRefusal {
+    /// The 401 to answer with.
+    pub error: crate::ErrorBody,
+    /// The value of the answer's `WWW-Authenticate` header.
+    pub challenge: &'static str,
+}
+
+/// The credentials of a `Bearer` `Authorization` header value, if it is one.
+pub fn bearer(header: &[u8]) -> Option<&[u8]> {
+    let header = header.trim_ascii();
+    let (scheme, rest) = header.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.first()?.is_ascii_whitespace() {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +197,29 @@ mod tests {
         assert!(verify_caller(b"k1", &s, &c, &q));
         assert!(!verify_caller(b"k1", &s, &c, &p), "a server proof is not a caller proof");
         assert_ne!(nonce(), nonce());
+    }
+
+    #[test]
+    fn admin_tokens_match_only_themselves_as_bearer_credentials() {
+        assert!(AdminToken::new("  \n").is_none());
+        let t = AdminToken::new(" s3cret\n").unwrap();
+        assert!(t.matches(b"s3cret"));
+        assert!(!t.matches(b"s3cre"));
+        assert!(!t.matches(b"s3cret "));
+        assert!(!t.matches(b""));
+        assert!(t.authorizes(Some(b"Bearer s3cret")));
+        assert!(t.authorizes(Some(b"bearer   s3cret ")));
+        assert!(!t.authorizes(Some(b"Basic s3cret")));
+        assert!(!t.authorizes(Some(b"Bearers3cret")));
+        assert!(!t.authorizes(Some(b"Bearer")));
+        assert!(!t.authorizes(Some(b"Bearer wrong")));
+        assert!(!t.authorizes(None));
+        assert_eq!(format!("{t:?}"), "AdminToken(<redacted>)");
+        let missing = t.check(None, "/init").unwrap_err();
+        assert_eq!(missing.error.http_status(), 401);
+        assert!(missing.error.message.contains("'/init' is an admin endpoint"));
+        assert_eq!(missing.challenge, "Bearer realm=\"shardgate\"");
+        let wrong = t.check(Some(b"Bearer nope"), "/rm").unwrap_err();
+        assert!(wrong.challenge.contains("invalid_token"), "{}", wrong.challenge);
     }
 }

@@ -402,7 +402,7 @@ mod tests {
             let _challenge = recv_frame(&mut client).await?;
             send_msg(&mut client, &auth::AuthProof { proof: [7; auth::PROOF_LEN] }).await?;
             let reply = recv_frame(&mut client).await?;
-            Ok::<_, Error>(wire::decode::<HelloReply>(&reply)?)
+            wire::decode::<HelloReply>(&reply)
         };
         let (f, s) = tokio::join!(forger, server_handshake_with(&mut server, "S", Some(b"k")));
         match f.unwrap() {

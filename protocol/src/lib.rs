@@ -1,5 +1,6 @@
 //! The binary protocol spoken between the balancer, the shard manager, the nodes and the Rust
-//! client, and the data types they share. No IO beyond the frame codec.
+//! client, and the data types they share. No IO beyond the frame codec, the serving loop of a
+//! binary door ([`server`]) and the limits every door applies ([`limits`]).
 //!
 //! A connection is a stream of length-prefixed frames ([`codec`]). The first frame each way
 //! is the handshake ([`handshake`]); after it the caller sends [`RequestFrame`]s and the
@@ -15,6 +16,9 @@
 //! - [`types`]: schema, rows, cells, shard descriptions, LSNs and epochs.
 //! - [`json`]: validation of JSON rows, keys, schemas and shard lists for the HTTP shims.
 //! - [`error`]: the crate's error type.
+//! - [`server`]: the serving side of a binary door (accept, handshake, pipelined requests).
+//! - [`auth`]: the cluster secret's challenge-response, and the HTTP admin token.
+//! - [`limits`]: connection caps per listener, row caps per request, the HTTP idle timeout.
 
 #![warn(missing_docs)]
 
@@ -23,6 +27,7 @@ pub mod codec;
 pub mod error;
 pub mod handshake;
 pub mod json;
+pub mod limits;
 pub mod message;
 pub mod server;
 pub mod types;

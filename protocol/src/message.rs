@@ -588,6 +588,9 @@ pub enum ErrorKind {
     Unavailable,
     /// A fault of the server, not of the request.
     Internal,
+    /// The caller lacks the credentials the request needs (an admin request on a door that
+    /// requires an admin token); nothing was changed.
+    Unauthorized,
 }
 
 impl ErrorKind {
@@ -600,6 +603,7 @@ impl ErrorKind {
             ErrorKind::TooLarge => 413,
             ErrorKind::Unavailable => 503,
             ErrorKind::Internal => 500,
+            ErrorKind::Unauthorized => 401,
         }
     }
 }
@@ -664,6 +668,11 @@ impl ErrorBody {
         ErrorBody::new(ErrorKind::Internal, message)
     }
 
+    /// 401: the caller lacks the credentials the request needs.
+    pub fn unauthorized(message: impl Into<String>) -> ErrorBody {
+        ErrorBody::new(ErrorKind::Unauthorized, message)
+    }
+
     /// The HTTP status of this error.
     pub fn http_status(&self) -> u16 {
         self.kind.http_status()
@@ -698,6 +707,7 @@ mod tests {
             (ErrorBody::too_large("x"), 413),
             (ErrorBody::unavailable("x"), 503),
             (ErrorBody::internal("x"), 500),
+            (ErrorBody::unauthorized("x"), 401),
         ];
         for (body, status) in cases {
             assert_eq!(body.http_status(), status, "{:?}", body.kind);

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::limits::ConnectionLimit;
 use crate::{ErrorBody, Request, RequestFrame, Response, ResponseFrame};
 
 /// Encodes an answer for its frame. An answer too large for one frame (a read of a huge
@@ -61,13 +62,30 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Accepts binary-protocol connections on `listener` until `cancel`; every connection and
-/// request task is spawned on `tracker`, so a caller can wait for them to finish.
+/// request task is spawned on `tracker`, so a caller can wait for them to finish. At most
+/// [`DEFAULT_MAX_CONNECTIONS`](crate::limits::DEFAULT_MAX_CONNECTIONS) connections at once
+/// (see [`serve_with_limit`]).
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let limit = ConnectionLimit::new("binary", crate::limits::DEFAULT_MAX_CONNECTIONS);
+    serve_with_limit(listener, handler, cancel, tracker, limit).await
+}
+
+/// [`serve`] with at most `limit` connections at once. A connection beyond the cap gets a
+/// `HelloReply::Err` saying so in place of the handshake and is closed; the connections
+/// already open are served as before.
+pub async fn serve_with_limit<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    limit: Arc<ConnectionLimit>,
+) {
+    let refusal = crate::limits::binary_refusal(&limit);
     loop {
         let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -81,12 +99,18 @@ pub async fn serve<H: Handler>(
                 }
             },
         };
+        let Some(permit) = limit.try_admit() else {
+            limit.refuse(stream, peer, refusal.clone(), &tracker);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let (h, cancel, t) = (handler.clone(), cancel.clone(), tracker.clone());
         tracker.spawn(async move {
             if let Err(e) = connection(stream, h, cancel, t).await {
                 tracing::debug!(%peer, error = %e, "binary connection ended");
             }
+            // The connection's place is free once it has ended (its requests answered).
+            drop(permit);
         });
     }
 }

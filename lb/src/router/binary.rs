@@ -104,6 +104,7 @@ async fn answer(router: &Router, req: Request) -> Result<Response, ErrorBody> {
             Ok(Response::Copy { shards })
         }
         Request::DbAdmin(DbAdminReq { op, body }) => {
+            admin_allowed(router, op)?;
             let (status, body) = db::admin_call(router, op, body).await?;
             Ok(Response::Json { status, body })
         }
@@ -113,6 +114,22 @@ async fn answer(router: &Router, req: Request) -> Result<Response, ErrorBody> {
             other.name()
         ))),
     }
+}
+
+/// Whether an admin request may be served on this door. The binary door authenticates with
+/// the cluster secret only (its requests carry no token); so when the HTTP admin endpoints
+/// need a token and the process has no secret, the binary door refuses the admin
+/// operations that change something, instead of being the way around the token.
+fn admin_allowed(router: &Router, op: protocol::AdminOp) -> Result<(), ErrorBody> {
+    let changes = !matches!(op, protocol::AdminOp::Status);
+    if changes && router.cfg.admin_token.is_some() && !protocol::auth::has_cluster_secret() {
+        return Err(ErrorBody::unauthorized(format!(
+            "{op:?} is an admin operation: with --admin-token set, the binary door takes admin \
+             operations only from peers that prove the cluster secret (SHARDGATE_SECRET_FILE), \
+             and this router has none; use the HTTP endpoint with the token"
+        )));
+    }
+    Ok(())
 }
 
 /// Every row fits the schema (what parsing JSON checks on the HTTP door), naming the first
@@ -128,10 +145,13 @@ fn check_rows(t: &super::db_table::DbTable, rows: &[Row]) -> Result<(), ErrorBod
 }
 
 /// Serves the binary door on `listener` until `cancel`, then waits for the requests in
-/// progress.
+/// progress. At most `--max-connections` connections at once: one beyond the cap is refused
+/// in the handshake (`HelloReply::Err`) and closed.
 pub async fn serve_binary(listener: TcpListener, router: Arc<Router>, cancel: CancellationToken) {
     let tracker = TaskTracker::new();
-    protocol::server::serve(listener, Arc::new(Door { router }), cancel, tracker.clone()).await;
+    let limit = router.binary_conns.clone();
+    let door = Arc::new(Door { router });
+    protocol::server::serve_with_limit(listener, door, cancel, tracker.clone(), limit).await;
     tracker.close();
     tracker.wait().await;
 }

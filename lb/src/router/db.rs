@@ -128,7 +128,8 @@ pub(super) async fn read(
 }
 
 /// Rows of every shard meeting `[low, high]` (`low <= high`), in Stud_id order, and the
-/// shards read.
+/// shards read; a 413 when they are more than `--max-read-rows` (a shard's own answer is
+/// also refused by its node when it would not fit one frame, `protocol::MAX_FRAME_LEN`).
 pub(super) async fn read_rows(
     router: &Router,
     t: &DbTable,
@@ -147,6 +148,7 @@ pub(super) async fn read_rows(
     for r in results {
         rows.extend(r?);
     }
+    router.cfg.limits.rows.check_read(rows.len())?;
     Ok((shards.iter().map(|s| s.id.clone()).collect(), rows))
 }
 
@@ -168,13 +170,15 @@ pub(super) async fn write(
 }
 
 /// Writes rows that fit the schema: grouped by shard, each group through its primary,
-/// groups in parallel; the number written.
+/// groups in parallel; the number written. More rows than `--max-write-rows` are a 413 and
+/// nothing is written.
 pub(super) async fn write_rows(
     router: &Router,
     t: &DbTable,
     rows: Vec<Row>,
     key: u64,
 ) -> Result<u64, ErrorBody> {
+    router.cfg.limits.rows.check_write(rows.len())?;
     let groups = group_by_shard(t, rows)?;
     let total: usize = groups.iter().map(|g| g.1.len()).sum();
     if groups.len() > 1 {
@@ -263,7 +267,7 @@ pub(super) async fn read_server(router: &Router, name: &str) -> Result<HttpRespo
 }
 
 /// Every shard of server `name` with all its rows as that server holds them (see
-/// [`read_server`]).
+/// [`read_server`]); a 413 when they are more than `--max-read-rows` together.
 pub(super) async fn server_rows(
     router: &Router,
     t: &DbTable,
@@ -304,6 +308,7 @@ pub(super) async fn server_rows(
     for (id, rows) in shards.into_iter().zip(results) {
         out.push((id, rows?));
     }
+    router.cfg.limits.rows.check_read(out.iter().map(|(_, rows)| rows.len()).sum())?;
     Ok(out)
 }
 

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, StatusCode};
+use protocol::limits::WriteStall;
 use protocol::ErrorBody;
 use serde_json::{json, Value as Json};
 use tokio::net::TcpListener;
@@ -27,8 +28,6 @@ use crate::key::RequestFacts;
 
 /// Largest request (and forwarded answer) body accepted; a larger request gets 413.
 pub const MAX_HTTP_BODY_BYTES: usize = 16 * 1024 * 1024;
-/// A client must send a request's headers within this time.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for requests in progress.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A client must send a request's body within this time once its headers are in; one that
@@ -40,11 +39,24 @@ pub(super) type HttpResponse = hyper::Response<Full<Bytes>>;
 /// Prefix of `GET /read/<server_name>`.
 const READ_SERVER_PREFIX: &str = "/read/";
 
+/// Endpoints that need the admin token when one is set: the balancer's admin endpoints, and
+/// a node's `/config` (which would otherwise be forwarded to a replica).
+const ADMIN_PATHS: &[&str] = &["/init", "/add", "/rm", "/primary_elect", "/config"];
+
 /// Serves HTTP on `listener` until `shutdown` completes, then lets requests in progress
 /// finish (up to a grace period).
+///
+/// At most `--max-connections` connections at once: one beyond the cap is answered 503 with
+/// the contract's JSON error and closed, and the connections already open are served as
+/// before. A request head must be complete within the idle timeout from the connection's
+/// start or the end of the previous answer (hyper's header timeout: a slowloris client or an
+/// idle keep-alive connection is closed), and an answer's write may stall that long.
 pub async fn serve(listener: TcpListener, router: Arc<Router>, shutdown: impl Future<Output = ()>) {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let limit = router.http_conns.clone();
+    let refusal = protocol::limits::http_refusal(&limit);
+    let idle = router.cfg.limits.idle_timeout;
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -58,10 +70,15 @@ pub async fn serve(listener: TcpListener, router: Arc<Router>, shutdown: impl Fu
                 }
             },
         };
+        let Some(permit) = limit.try_admit() else {
+            limit.refuse(stream, peer, refusal.clone(), &tracker);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let (router, cancel) = (router.clone(), cancel.clone());
         tracker.spawn(async move {
-            let io = hyper_util::rt::TokioIo::new(stream);
+            let _permit = permit;
+            let io = hyper_util::rt::TokioIo::new(WriteStall::new(stream, idle));
             let service = hyper::service::service_fn(move |req| {
                 let router = router.clone();
                 async move { Ok::<_, Infallible>(handle(&router, req, peer).await) }
@@ -69,7 +86,7 @@ pub async fn serve(listener: TcpListener, router: Arc<Router>, shutdown: impl Fu
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(idle)
                 .serve_connection(io, service);
             tokio::pin!(conn);
             tokio::select! {
@@ -167,6 +184,15 @@ async fn route(
     peer: SocketAddr,
 ) -> (HttpResponse, Option<&'static str>) {
     let method = &parts.method;
+    if let Some(token) = router.cfg.admin_token.as_ref().filter(|_| ADMIN_PATHS.contains(&path)) {
+        let header = parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes());
+        if let Err(refusal) = token.check(header, path) {
+            let mut resp = error_response(&refusal.error);
+            resp.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static(refusal.challenge));
+            return (resp, None);
+        }
+    }
     if allowed(path).is_some_and(|a| !a.contains(method)) {
         let resp = json_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -229,6 +255,7 @@ fn rep(router: &Router) -> HttpResponse {
 fn metrics(router: &Router) -> HttpResponse {
     let mut text = router.metrics.render(&router.table(), &router.cfg.hash);
     router.metrics.render_db(&mut text, &router.db_table(), &router.lsn_floors());
+    super::metrics::render_connections(&mut text, &[&router.http_conns, &router.binary_conns]);
     let mut r = hyper::Response::new(Full::new(Bytes::from(text)));
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));

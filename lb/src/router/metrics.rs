@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use protocol::limits::ConnectionLimit;
+
 use super::db_table::DbTable;
 use super::RouteTable;
 use crate::ring::RingKind;
@@ -298,5 +300,32 @@ impl Metrics {
             kind.name()
         );
         out
+    }
+}
+
+/// The connection gauges and refusal counters of the router's listeners.
+pub(crate) fn render_connections(out: &mut String, limits: &[&ConnectionLimit]) {
+    let w = out;
+    let _ = writeln!(
+        w,
+        "# HELP shardgate_connections_open Connections open now, by listener (each capped by --max-connections)."
+    );
+    let _ = writeln!(w, "# TYPE shardgate_connections_open gauge");
+    for l in limits {
+        let _ =
+            writeln!(w, "shardgate_connections_open{{listener=\"{}\"}} {}", l.listener(), l.open());
+    }
+    let _ = writeln!(
+        w,
+        "# HELP shardgate_connections_refused_total Connections refused at the cap, by listener."
+    );
+    let _ = writeln!(w, "# TYPE shardgate_connections_refused_total counter");
+    for l in limits {
+        let _ = writeln!(
+            w,
+            "shardgate_connections_refused_total{{listener=\"{}\"}} {}",
+            l.listener(),
+            l.refused()
+        );
     }
 }

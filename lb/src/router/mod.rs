@@ -37,6 +37,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use protocol::auth::AdminToken;
+use protocol::limits::{ConnectionLimit, DoorLimits};
 use protocol::ErrorBody;
 use tokio_util::sync::CancellationToken;
 
@@ -76,6 +78,13 @@ pub struct RouterConfig {
     pub admin_timeout: Duration,
     /// How long a database request keeps retrying before it fails.
     pub db_deadline: Duration,
+    /// Connection caps (HTTP and binary door, each), the HTTP idle timeout, row caps of
+    /// `/write` and `/read` on both doors.
+    pub limits: DoorLimits,
+    /// When set, the admin endpoints over HTTP (`/init`, `/add`, `/rm`, `/primary_elect`,
+    /// and `/config` forwarded to a node) need `Authorization: Bearer TOKEN`; on the binary
+    /// door, admin requests then need the cluster secret.
+    pub admin_token: Option<AdminToken>,
 }
 
 impl RouterConfig {
@@ -89,6 +98,8 @@ impl RouterConfig {
             attempts: FORWARD_ATTEMPTS,
             admin_timeout: ADMIN_TIMEOUT,
             db_deadline: DB_RETRY_DEADLINE,
+            limits: DoorLimits::default(),
+            admin_token: None,
         }
     }
 }
@@ -158,6 +169,10 @@ pub struct Router {
     db_admin: ControlClient,
     /// One-off catalog fetches, apart from the long-polling watch.
     refresh: ControlClient,
+    /// The cap on connections of the HTTP door.
+    http_conns: Arc<ConnectionLimit>,
+    /// The cap on connections of the binary door.
+    binary_conns: Arc<ConnectionLimit>,
 }
 
 impl Router {
@@ -186,6 +201,8 @@ impl Router {
             lsns: RwLock::new(HashMap::new()),
             db_admin: ControlClient::new(cfg.manager.clone(), "shardgate-router-db"),
             refresh: ControlClient::new(cfg.manager.clone(), "shardgate-router-refresh"),
+            http_conns: ConnectionLimit::new("http", cfg.limits.max_connections),
+            binary_conns: ConnectionLimit::new("binary", cfg.limits.max_connections),
             cfg,
         });
         tokio::spawn(watch::run(router.clone(), router.cancel.clone()));

@@ -245,6 +245,7 @@ pub fn error_kind() -> impl Strategy<Value = ErrorKind> {
         Just(ErrorKind::TooLarge),
         Just(ErrorKind::Unavailable),
         Just(ErrorKind::Internal),
+        Just(ErrorKind::Unauthorized),
     ]
 }
 

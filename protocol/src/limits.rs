@@ -1,0 +1,413 @@
+//! Limits every door applies, so that a client that misbehaves (or many of them) costs a
+//! bounded amount and everyone else keeps being served:
+//!
+//! - connections per listener ([`ConnectionLimit`]): each connection task holds an owned
+//!   semaphore permit; a connection beyond the cap is refused at once with a short answer
+//!   (HTTP: a 503 with the contract's JSON error, [`http_refusal`]; binary: a
+//!   `HelloReply::Err` in place of the handshake, [`binary_refusal`]) and closed, counted,
+//!   and logged at most once per [`REFUSAL_LOG_INTERVAL`];
+//! - rows per write and rows per read answer ([`RowLimits`]): beyond them a 413
+//!   (`ErrorKind::TooLarge`) and nothing written;
+//! - the idle timeout of HTTP connections: hyper's header timeout covers a request head that
+//!   does not arrive (slowloris, and idle keep-alive connections); [`WriteStall`] covers a
+//!   client that stops taking its answers.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
+
+use crate::handshake::HelloReply;
+use crate::ErrorBody;
+
+/// Default cap on concurrent connections, per listener.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default cap on rows in one write request.
+pub const DEFAULT_MAX_WRITE_ROWS: usize = 10_000;
+/// Default cap on rows in one read answer.
+pub const DEFAULT_MAX_READ_ROWS: usize = 100_000;
+/// Default idle timeout of an HTTP connection: its next request head must be complete
+/// within this time (from the connection's start or the end of the previous answer), and
+/// a write of an answer may make no progress for at most this long.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a refused connection is given to take its refusal and close before it is
+/// dropped.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// Refusals delivered at once, per listener; a connection refused beyond it is closed
+/// without a word, so a flood cannot make refusals the new way to hold resources.
+const MAX_REFUSALS_IN_PROGRESS: usize = 64;
+/// At most one warning per this interval about refused connections (with the count).
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The limits of one process's doors, as given by its flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DoorLimits {
+    /// Concurrent connections per listener.
+    pub max_connections: usize,
+    /// Idle timeout of HTTP connections (see [`DEFAULT_IDLE_TIMEOUT`]).
+    pub idle_timeout: Duration,
+    /// Rows per write and per read answer.
+    pub rows: RowLimits,
+}
+
+impl Default for DoorLimits {
+    fn default() -> DoorLimits {
+        DoorLimits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            rows: RowLimits::default(),
+        }
+    }
+}
+
+/// Caps on the rows of one request: how many one write may carry, how many one read may
+/// answer with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowLimits {
+    /// Most rows in one write.
+    pub max_write_rows: usize,
+    /// Most rows in one read answer.
+    pub max_read_rows: usize,
+}
+
+impl Default for RowLimits {
+    fn default() -> RowLimits {
+        RowLimits { max_write_rows: DEFAULT_MAX_WRITE_ROWS, max_read_rows: DEFAULT_MAX_READ_ROWS }
+    }
+}
+
+impl RowLimits {
+    /// The 413 for a write of `rows` rows above the cap.
+    pub fn check_write(&self, rows: usize) -> Result<(), ErrorBody> {
+        if rows <= self.max_write_rows {
+            return Ok(());
+        }
+        Err(ErrorBody::too_large(format!(
+            "too many rows in one write: {rows}, at most {} are accepted per request; \
+             split it into several writes (nothing was written)",
+            self.max_write_rows
+        )))
+    }
+
+    /// The 413 for a read answer of `rows` rows above the cap.
+    pub fn check_read(&self, rows: usize) -> Result<(), ErrorBody> {
+        if rows <= self.max_read_rows {
+            return Ok(());
+        }
+        Err(ErrorBody::too_large(format!(
+            "the read matches {rows} rows, more than the {} one answer may carry; ask for a \
+             narrower range",
+            self.max_read_rows
+        )))
+    }
+}
+
+/// The cap on concurrent connections of one listener, with its count of refusals.
+pub struct ConnectionLimit {
+    /// Which listener, for logs and metrics (`"http"`, `"binary"`).
+    listener: &'static str,
+    max: usize,
+    open: Arc<Semaphore>,
+    /// Refusals being delivered now (see [`MAX_REFUSALS_IN_PROGRESS`]).
+    refusing: Arc<Semaphore>,
+    refused: AtomicU64,
+    /// When the last warning about refusals was logged, and the count then.
+    last_log: Mutex<Option<(Instant, u64)>>,
+}
+
+impl ConnectionLimit {
+    /// A cap of `max` connections (at least 1) for the listener named `listener`.
+    pub fn new(listener: &'static str, max: usize) -> Arc<ConnectionLimit> {
+        let max = max.clamp(1, Semaphore::MAX_PERMITS);
+        Arc::new(ConnectionLimit {
+            listener,
+            max,
+            open: Arc::new(Semaphore::new(max)),
+            refusing: Arc::new(Semaphore::new(MAX_REFUSALS_IN_PROGRESS)),
+            refused: AtomicU64::new(0),
+            last_log: Mutex::new(None),
+        })
+    }
+
+    /// The listener's name.
+    pub fn listener(&self) -> &'static str {
+        self.listener
+    }
+
+    /// The cap.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.max - self.open.available_permits()
+    }
+
+    /// Connections refused since the start.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// A place for one more connection, held until the permit drops; `None` at the cap.
+    pub fn try_admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.open.clone().try_acquire_owned().ok()
+    }
+
+    /// Refuses `stream`: counts and logs it, then sends `answer`, closes its side and waits
+    /// (briefly, on `tracker`) for the peer to close, so that the answer is not lost to a
+    /// reset; when too many refusals are in progress the stream is closed at once.
+    pub fn refuse(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        answer: Bytes,
+        tracker: &TaskTracker,
+    ) {
+        let total = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        self.log_refusal(peer, total);
+        let Ok(permit) = self.refusing.clone().try_acquire_owned() else {
+            drop(stream);
+            return;
+        };
+        tracker.spawn(async move {
+            let _ = tokio::time::timeout(REFUSAL_LINGER, deliver(stream, &answer)).await;
+            drop(permit);
+        });
+    }
+
+    /// A warning on the first refusal and then at most once per [`REFUSAL_LOG_INTERVAL`];
+    /// the others at debug level.
+    fn log_refusal(&self, peer: SocketAddr, total: u64) {
+        let now = Instant::now();
+        let mut last = self.last_log.lock().unwrap_or_else(|e| e.into_inner());
+        let due = last.is_none_or(|(at, _)| now.duration_since(at) >= REFUSAL_LOG_INTERVAL);
+        if due {
+            let since = last.map_or(total, |(_, then)| total - then);
+            *last = Some((now, total));
+            tracing::warn!(
+                listener = self.listener,
+                max_connections = self.max,
+                %peer,
+                refused_since_last_warning = since,
+                refused_total = total,
+                "connection refused: the listener is at its connection cap"
+            );
+        } else {
+            tracing::debug!(listener = self.listener, %peer, "connection refused: at the cap");
+        }
+    }
+}
+
+/// Writes `answer`, half-closes, and reads until the peer closes.
+async fn deliver(mut stream: TcpStream, answer: &[u8]) -> io::Result<()> {
+    stream.write_all(answer).await?;
+    stream.shutdown().await?;
+    let mut sink = [0u8; 4096];
+    while stream.read(&mut sink).await? > 0 {}
+    Ok(())
+}
+
+/// The whole HTTP/1.1 answer to a connection refused at the cap: 503 with the contract's
+/// JSON error, `Retry-After`, and `Connection: close`.
+pub fn http_refusal(listener: &ConnectionLimit) -> Bytes {
+    let body = serde_json::json!({
+        "message": format!(
+            "<Error> too many connections: this server takes at most {} at once; try again \
+             later",
+            listener.max()
+        ),
+        "status": "failure"
+    })
+    .to_string();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    Bytes::from([head.into_bytes(), body.into_bytes()].concat())
+}
+
+/// The frame a binary door sends to a connection refused at the cap, in place of the
+/// handshake's reply: a `HelloReply::Err`, so the caller's handshake fails with the reason.
+pub fn binary_refusal(listener: &ConnectionLimit) -> Bytes {
+    let reply = HelloReply::Err {
+        message: format!(
+            "too many connections: this server takes at most {} binary-protocol connections \
+             at once; try again later",
+            listener.max()
+        ),
+    };
+    // Encoding a reply of a string cannot fail; an empty frame would still close cleanly.
+    let payload = crate::wire::encode(&reply).unwrap_or_default();
+    let mut frame = BytesMut::with_capacity(crate::codec::FRAME_HEADER_LEN + payload.len());
+    frame.put_u32(payload.len() as u32);
+    frame.put_slice(&payload);
+    frame.freeze()
+}
+
+/// A stream whose writes fail with `TimedOut` once one has made no progress for `limit`: a
+/// client that stops reading its answers (its window stays shut) cannot hold the connection
+/// for ever. Reads pass through untouched (their timeouts are the header and body timeouts).
+pub struct WriteStall<T> {
+    inner: T,
+    limit: Duration,
+    /// Armed when a write is pending; disarmed by any progress.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> WriteStall<T> {
+    /// Wraps `inner`, allowing writes to stall for at most `limit`.
+    pub fn new(inner: T, limit: Duration) -> WriteStall<T> {
+        WriteStall { inner, limit, stalled: None }
+    }
+
+    /// Called when a write is pending: pending until the stall has lasted `limit`, then the
+    /// error.
+    fn poll_stall<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
+        let limit = self.limit;
+        let sleep = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the peer took no data for {limit:?}"),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progress<R>(&mut self, r: Poll<io::Result<R>>, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
+        match r {
+            Poll::Ready(r) => {
+                self.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.poll_stall(cx),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteStall<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteStall<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.progress(r, cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.progress(r, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_flush(cx);
+        this.progress(r, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.progress(r, cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_limits_refuse_only_above_the_cap_with_a_413() {
+        let l = RowLimits { max_write_rows: 3, max_read_rows: 5 };
+        assert!(l.check_write(3).is_ok());
+        let e = l.check_write(4).unwrap_err();
+        assert_eq!(e.http_status(), 413);
+        assert!(e.message.starts_with("<Error> too many rows in one write: 4"), "{}", e.message);
+        assert!(l.check_read(5).is_ok());
+        let e = l.check_read(6).unwrap_err();
+        assert_eq!(e.http_status(), 413);
+        assert!(e.message.contains("matches 6 rows"), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn permits_are_returned_when_connections_end() {
+        let l = ConnectionLimit::new("test", 2);
+        let a = l.try_admit().unwrap();
+        let _b = l.try_admit().unwrap();
+        assert_eq!(l.open(), 2);
+        assert!(l.try_admit().is_none());
+        drop(a);
+        assert_eq!(l.open(), 1);
+        assert!(l.try_admit().is_some());
+        assert_eq!(ConnectionLimit::new("zero", 0).max(), 1, "a cap of 0 would refuse all");
+    }
+
+    #[test]
+    fn refusals_are_an_http_503_and_a_handshake_error() {
+        let l = ConnectionLimit::new("test", 8);
+        let http = http_refusal(&l);
+        let text = String::from_utf8_lossy(&http).to_string();
+        assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+        let j: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(j["status"], "failure");
+        assert!(j["message"].as_str().unwrap().starts_with("<Error> too many connections"));
+
+        let frame = binary_refusal(&l);
+        let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, frame.len() - 4);
+        match crate::wire::decode::<HelloReply>(&frame[4..]).unwrap() {
+            HelloReply::Err { message } => assert!(message.contains("at most 8"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_that_makes_no_progress_fails_after_the_limit() {
+        // A pipe whose reader never reads: the writer fills it, then stalls.
+        let (a, _b) = tokio::io::duplex(64);
+        let mut w = WriteStall::new(a, Duration::from_millis(100));
+        let started = Instant::now();
+        let err = loop {
+            if let Err(e) = w.write_all(&[0u8; 1024]).await {
+                break e;
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+    }
+}
