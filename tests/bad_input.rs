@@ -546,30 +546,9 @@ fn node_cases() -> Vec<Case> {
 /// A request head sent one byte every 100 ms, never finished: the server must close the
 /// connection within the header timeout (plus slack), answering 408 or nothing.
 async fn slowloris_head(addr: SocketAddr) -> Duration {
-    let mut s = TcpStream::connect(addr).await.unwrap();
     let head = b"POST /write HTTP/1.1\r\nHost: t\r\nX-Slow: ";
-    let started = Instant::now();
-    let mut i = 0usize;
     let limit = HEADER_TIMEOUT + Duration::from_secs(10);
-    let mut buf = [0u8; 1024];
-    loop {
-        assert!(started.elapsed() < limit, "a slowloris head was still open after {limit:?}");
-        let byte = if i < head.len() { head[i] } else { b'a' };
-        i += 1;
-        if s.write_all(&[byte]).await.is_err() {
-            return started.elapsed();
-        }
-        // Closed (EOF or reset) or answered (408): either way the server let go.
-        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
-            Ok(Ok(n)) => {
-                let text = String::from_utf8_lossy(&buf[..n]).to_string();
-                assert!(text.starts_with("HTTP/1.1 408"), "slowloris answered {text:?}");
-                return started.elapsed();
-            }
-            Err(_) => {}
-        }
-    }
+    common::slow_head(addr, head, Duration::from_millis(100), limit).await
 }
 
 /// Headers complete, then a body that stops half way: answered 408 once the body timeout

@@ -22,8 +22,8 @@ use common::*;
 use history::{History, Op, Outcome, Ret};
 use protocol::Consistency;
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Value as Json};
-use workload::{assert_linearizable, client_loop, record_final_state, Workload};
+use serde_json::Value as Json;
+use workload::{assert_linearizable, client_loop, config, record_final_state, Workload};
 
 const SERVERS: [&str; 3] = ["Server1", "Server2", "Server3"];
 /// Keys the clients work on: a few per shard, so that operations on one key overlap.
@@ -34,15 +34,6 @@ const KEYS: [i64; 24] = [
 const CLIENTS: u64 = 6;
 /// Operations the clients complete, all replicas up, between one recovery and the next kill.
 const OPS_BETWEEN_KILLS: usize = 80;
-
-fn config() -> String {
-    json!({"N": 3,
-        "schema": {"columns": ["Stud_id", "Stud_name", "Stud_marks"], "dtypes": ["Number", "String", "String"]},
-        "shards": [{"Stud_id_low": 0, "Shard_id": "sh1", "Shard_size": 1000},
-                   {"Stud_id_low": 1000, "Shard_id": "sh2", "Shard_size": 1000}],
-        "servers": {"Server1": ["sh1", "sh2"], "Server2": ["sh1", "sh2"], "Server3": ["sh1", "sh2"]}})
-    .to_string()
-}
 
 /// Waits until `server` is back (a new process) and serves its shards through the router.
 async fn back(up: &ClusterProc, db: &Db, server: &str, old_pid: u32) -> Duration {

@@ -40,8 +40,8 @@ use common::*;
 use history::History;
 use net::Firewall;
 use protocol::Consistency;
-use serde_json::{json, Value as Json};
-use workload::{assert_linearizable, client_loop, record_final_state, Workload};
+use serde_json::Value as Json;
+use workload::{assert_linearizable, client_loop, config, record_final_state, Workload};
 
 const SERVERS: [&str; 3] = ["Server1", "Server2", "Server3"];
 const SHARDS: [&str; 2] = ["sh1", "sh2"];
@@ -52,15 +52,6 @@ const OPS_PER_PHASE: usize = 60;
 
 /// One cluster at a time: both tests cut links, and two clusters would share the CPU.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn config() -> String {
-    json!({"N": 3,
-        "schema": {"columns": ["Stud_id", "Stud_name", "Stud_marks"], "dtypes": ["Number", "String", "String"]},
-        "shards": [{"Stud_id_low": 0, "Shard_id": "sh1", "Shard_size": 1000},
-                   {"Stud_id_low": 1000, "Shard_id": "sh2", "Shard_size": 1000}],
-        "servers": {"Server1": ["sh1", "sh2"], "Server2": ["sh1", "sh2"], "Server3": ["sh1", "sh2"]}})
-    .to_string()
-}
 
 /// A manager with three nodes and `routers` routers, in the loopback block 127.0.`block`.x.
 struct System {

@@ -295,32 +295,8 @@ async fn during<T>(
 /// A request head sent one byte a second and never finished: how long until the server
 /// let go (closed, or answered 408).
 async fn one_byte_a_second(addr: SocketAddr) -> Duration {
-    let mut s = TcpStream::connect(addr).await.unwrap();
     let head = b"GET /home HTTP/1.1\r\nHost: t\r\nX-Slow: ";
-    let started = Instant::now();
-    let mut buf = [0u8; 1024];
-    for i in 0usize.. {
-        assert!(
-            started.elapsed() < IDLE * 10,
-            "one byte a second held a connection {:?}",
-            started.elapsed()
-        );
-        let byte = head.get(i).copied().unwrap_or(b'a');
-        if s.write_all(&[byte]).await.is_err() {
-            return started.elapsed();
-        }
-        // The pause between bytes doubles as the watch for the server letting go.
-        match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
-            Ok(Ok(n)) => {
-                let text = String::from_utf8_lossy(&buf[..n]).to_string();
-                assert!(text.starts_with("HTTP/1.1 408"), "a slow head was answered {text:?}");
-                return started.elapsed();
-            }
-            Err(_) => {}
-        }
-    }
-    unreachable!()
+    common::slow_head(addr, head, Duration::from_secs(1), IDLE * 10).await
 }
 
 /// A connection that sends nothing: how long until the server closes it.
@@ -477,14 +453,7 @@ async fn a_node_refuses_writes_and_reads_over_the_row_caps_with_a_413() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_balancer_refuses_writes_and_reads_over_the_row_caps_on_both_doors() {
     let dir = tempfile::tempdir().unwrap();
-    let init = json!({
-        "N": 1,
-        "schema": {"columns": ["Stud_id", "Stud_name", "Stud_marks"], "dtypes": ["Number", "String", "Number"]},
-        "shards": [{"Stud_id_low": 0, "Shard_id": "sh1", "Shard_size": 100},
-                   {"Stud_id_low": 100, "Shard_id": "sh2", "Shard_size": 100}],
-        "servers": {"Server0": ["sh1", "sh2"]}
-    })
-    .to_string();
+    let init = common::one_server_two_shards();
     let up = ClusterProc::up(
         0,
         dir.path(),

@@ -166,14 +166,7 @@ async fn admin_endpoints_need_the_admin_token_and_data_endpoints_stay_open() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("admin.token");
     std::fs::write(&token_file, "tok-3f9a\n").unwrap();
-    let init = json!({
-        "N": 1,
-        "schema": {"columns": ["Stud_id", "Stud_name", "Stud_marks"], "dtypes": ["Number", "String", "Number"]},
-        "shards": [{"Stud_id_low": 0, "Shard_id": "sh1", "Shard_size": 100},
-                   {"Stud_id_low": 100, "Shard_id": "sh2", "Shard_size": 100}],
-        "servers": {"Server0": ["sh1", "sh2"]}
-    })
-    .to_string();
+    let init = common::one_server_two_shards();
     let token_arg = token_file.to_str().unwrap();
     let up = common::ClusterProc::up(
         0,

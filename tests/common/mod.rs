@@ -375,3 +375,48 @@ pub async fn live_replicas(http: SocketAddr, shard: &str) -> Option<usize> {
     let prefix = format!("shardgate_db_shard_live_replicas{{shard=\"{shard}\"}} ");
     metrics.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
 }
+
+/// A slowloris client: connects to `addr` and sends the request head `head` (then `a`s,
+/// never finishing it) one byte per `pause`. Returns how long the server took to let go
+/// (closed the connection, or answered 408); fails the test after `limit`.
+pub async fn slow_head(
+    addr: SocketAddr,
+    head: &[u8],
+    pause: Duration,
+    limit: Duration,
+) -> Duration {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    for i in 0usize.. {
+        assert!(started.elapsed() < limit, "a slow head was still open after {limit:?}");
+        let byte = head.get(i).copied().unwrap_or(b'a');
+        if s.write_all(&[byte]).await.is_err() {
+            break;
+        }
+        // The pause between bytes doubles as the watch for the server letting go.
+        match tokio::time::timeout(pause, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                assert!(text.starts_with("HTTP/1.1 408"), "a slow head was answered {text:?}");
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    started.elapsed()
+}
+
+/// A small `/init` body: Server0 holds sh1 (ids 0-99) and sh2 (100-199); marks are numbers.
+pub fn one_server_two_shards() -> String {
+    serde_json::json!({
+        "N": 1,
+        "schema": {"columns": ["Stud_id", "Stud_name", "Stud_marks"], "dtypes": ["Number", "String", "Number"]},
+        "shards": [{"Stud_id_low": 0, "Shard_id": "sh1", "Shard_size": 100},
+                   {"Stud_id_low": 100, "Shard_id": "sh2", "Shard_size": 100}],
+        "servers": {"Server0": ["sh1", "sh2"]}
+    })
+    .to_string()
+}
