@@ -11,6 +11,7 @@ mod analyze_db;
 mod analyze_lb_failover;
 mod bench;
 mod bench_db;
+mod bench_wal;
 mod cluster;
 mod procs;
 mod progress;
@@ -63,7 +64,7 @@ enum Command {
         what: analyze::AnalyzeWhat,
     },
     /// Benchmarks: `bench node` (one node), `bench lb` (the router's cost), `bench db` (the
-    /// sharded database through the router).
+    /// sharded database through the router), `bench wal` (the log against the raw disk).
     Bench {
         #[command(subcommand)]
         what: BenchWhat,
@@ -79,6 +80,8 @@ enum BenchWhat {
     /// The database analyses A-1..A-3: single-row writes and reads through the router on a
     /// cluster it starts, every acknowledged row checked; optional primary failover.
     Db(bench_db::DbBench),
+    /// The write-ahead log against pwrite + fdatasync of a zeroed file, taking turns.
+    Wal(bench_wal::WalBench),
 }
 
 fn main() -> ExitCode {
@@ -134,6 +137,7 @@ fn main() -> ExitCode {
             Command::Bench { what: BenchWhat::Node(b) } => interruptible(bench::run(b)).await,
             Command::Bench { what: BenchWhat::Lb(b) } => interruptible(bench::run_lb(b)).await,
             Command::Bench { what: BenchWhat::Db(b) } => interruptible(bench_db::run(b)).await,
+            Command::Bench { what: BenchWhat::Wal(b) } => interruptible(bench_wal::run(b)).await,
         }
     });
     match result {

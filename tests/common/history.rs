@@ -99,6 +99,15 @@ struct Inner {
     misuse: Option<String>,
 }
 
+/// What the checker found.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    /// Keys whose history is not linearizable.
+    pub wrong: Vec<i64>,
+    /// Keys the checker did not decide within its budget.
+    pub undecided: Vec<i64>,
+}
+
 /// The shared history of a test run.
 pub struct History {
     start: Instant,
@@ -173,11 +182,47 @@ impl History {
     /// The keys whose history is not linearizable (empty when all are), checking each key's
     /// history on its own (linearizability is compositional).
     pub fn non_linearizable_keys(&self) -> Result<Vec<i64>, String> {
-        let g = self.inner.lock().unwrap();
-        if let Some(m) = &g.misuse {
-            return Err(format!("the recorder was misused: {m}"));
+        let verdict = self.check(std::time::Duration::MAX)?;
+        Ok(verdict.wrong)
+    }
+
+    /// Checks every key's history, each on its own thread, for at most `budget`: the
+    /// checker's search is exponential in the worst case (mostly when it must prove that no
+    /// order works), so a key it has not decided by then is reported as such.
+    pub fn check(&self, budget: std::time::Duration) -> Result<Verdict, String> {
+        let testers: Vec<(i64, LinearizabilityTester<u64, Cell>)> = {
+            let g = self.inner.lock().unwrap();
+            if let Some(m) = &g.misuse {
+                return Err(format!("the recorder was misused: {m}"));
+            }
+            g.testers.iter().map(|(k, t)| (*k, t.clone())).collect()
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        for (key, tester) in testers.iter().cloned() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send((key, tester.is_consistent()));
+            });
         }
-        Ok(g.testers.iter().filter(|(_, t)| !t.is_consistent()).map(|(k, _)| *k).collect())
+        drop(tx);
+        let deadline = Instant::now().checked_add(budget);
+        let mut verdict = Verdict::default();
+        let mut decided = std::collections::BTreeSet::new();
+        loop {
+            let next = match deadline {
+                Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())).ok(),
+                None => rx.recv().ok(),
+            };
+            let Some((key, ok)) = next else { break };
+            decided.insert(key);
+            if !ok {
+                verdict.wrong.push(key);
+            }
+        }
+        verdict.wrong.sort();
+        verdict.undecided =
+            testers.iter().map(|(k, _)| *k).filter(|k| !decided.contains(k)).collect();
+        Ok(verdict)
     }
 
     /// The operations on `keys` (all when empty) as text, one per line, in invocation order.

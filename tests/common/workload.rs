@@ -135,14 +135,24 @@ pub fn record_final_state(h: &History, keys: &[i64], rows: &[Json]) {
     }
 }
 
-/// Fails the test when the checker rejects the history, after writing the history of the
-/// keys it rejected to `<test output folder>/<test>-history.txt`.
+/// Fails the test when the checker rejects the history, or cannot decide it within
+/// `SHARDGATE_CHECK_SECS` (default 300 s), after writing the history of those keys to
+/// `<test output folder>/history.txt`.
 pub fn assert_linearizable(h: &History, test: &str) {
-    let wrong = h.non_linearizable_keys().unwrap_or_else(|e| panic!("checker failed: {e}"));
-    if !wrong.is_empty() {
-        let dir = super::output_dir(test);
-        let out = dir.join("history.txt");
-        let _ = std::fs::write(&out, h.render(&wrong));
-        panic!("history not linearizable for keys {wrong:?}; written to {}", out.display());
+    let secs = std::env::var("SHARDGATE_CHECK_SECS").ok().and_then(|v| v.parse().ok());
+    let budget = std::time::Duration::from_secs(secs.unwrap_or(300));
+    let v = h.check(budget).unwrap_or_else(|e| panic!("checker failed: {e}"));
+    if v.wrong.is_empty() && v.undecided.is_empty() {
+        return;
     }
+    let keys: Vec<i64> = v.wrong.iter().chain(&v.undecided).copied().collect();
+    let out = super::output_dir(test).join("history.txt");
+    let _ = std::fs::write(&out, h.render(&keys));
+    panic!(
+        "history not linearizable for keys {:?}, undecided after {budget:?} for keys {:?}; \
+         written to {}",
+        v.wrong,
+        v.undecided,
+        out.display()
+    );
 }

@@ -551,6 +551,9 @@ impl Shared {
             let to = (inner.write_pos + RECORD_HEADER_LEN).min(seg.size());
             (inner.next_lsn - 1, seg, from, to)
         };
+        // A closure so that the fail point (a no-op without the `failpoints` feature) can
+        // return the injected error from it.
+        #[allow(clippy::redundant_closure_call)]
         let flushed = (|| {
             fail::fail_point!("wal::sync", |_| Err(Error::io(
                 "msync",
