@@ -170,6 +170,7 @@ fn manager_config(args: &ManagerArgs) -> Result<ManagerConfig, String> {
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         dead_after: Duration::from_millis(args.dead_after_ms),
         max_replicas: args.max_replicas,
+        ..ManagerConfig::default()
     })
 }
 

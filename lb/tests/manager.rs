@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
+use lb::control::{ControlClient, ControlRequest, ControlResponse};
 use lb::manager::{Manager, ManagerConfig};
 use lb::router::{Router, RouterConfig};
 use lb::spawner::{SpawnError, Spawned, Spawner};
@@ -228,6 +229,56 @@ async fn a_router_follows_the_manager_over_the_control_protocol() {
             .await
     );
     router.stop();
+    cancel.cancel();
+    m.shutdown().await;
+    server.await.unwrap();
+}
+
+/// The connection type of the binary protocol.
+type Framed =
+    tokio_util::codec::Framed<tokio::net::TcpStream, tokio_util::codec::LengthDelimitedCodec>;
+
+/// A handshake with the manager's control door as a router makes it: the error, if any.
+async fn control_handshake(addr: SocketAddr) -> Result<Framed, String> {
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut framed = protocol::framed(stream);
+    protocol::client_handshake(&mut framed, "test-router").await.map_err(|e| e.to_string())?;
+    Ok(framed)
+}
+
+#[tokio::test]
+async fn the_control_door_refuses_connections_beyond_its_cap_and_keeps_serving() {
+    let spawner = Arc::new(FakeSpawner::default());
+    let m = Manager::start(ManagerConfig { max_connections: 2, ..fast(1) }, spawner).await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(lb::manager::serve(listener, m.clone(), cancel.clone()));
+    let watch = |version| ControlRequest::Watch { generation: 0, version, wait_ms: 0 };
+
+    // A control client (its call opens its connection) and one more fill the cap.
+    let control = ControlClient::new(addr.to_string(), "test-router");
+    let first = control.call(watch(0), Duration::from_secs(5)).await;
+    assert!(matches!(first, Ok(ControlResponse::Members(_))), "{first:?}");
+    let second = control_handshake(addr).await.expect("the second connection is within the cap");
+    let third = control_handshake(addr).await;
+    let Err(why) = third else { panic!("a third connection was accepted beyond a cap of 2") };
+    assert!(why.contains("too many connections"), "{why}");
+    // The connection already open is still served.
+    let again = control.call(watch(0), Duration::from_secs(5)).await;
+    assert!(matches!(again, Ok(ControlResponse::Members(_))), "{again:?}");
+    // A place that frees up is taken again.
+    drop(second);
+    let reopened = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if control_handshake(addr).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(reopened.is_ok(), "no connection was accepted after one closed");
     cancel.cancel();
     m.shutdown().await;
     server.await.unwrap();

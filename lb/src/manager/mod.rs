@@ -70,6 +70,9 @@ pub struct ManagerConfig {
     pub dead_after: Duration,
     /// Most replicas at once (`/add` beyond it is refused).
     pub max_replicas: usize,
+    /// Most connections at once on the control listener (routers); one more gets a
+    /// handshake error.
+    pub max_connections: usize,
 }
 
 impl Default for ManagerConfig {
@@ -79,6 +82,7 @@ impl Default for ManagerConfig {
             heartbeat: HEARTBEAT_INTERVAL,
             dead_after: DEAD_AFTER,
             max_replicas: MAX_REPLICAS,
+            max_connections: protocol::limits::DEFAULT_MAX_CONNECTIONS,
         }
     }
 }

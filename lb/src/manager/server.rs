@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use protocol::limits::ConnectionLimit;
 use protocol::ErrorBody;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -23,8 +24,12 @@ const RESPONSE_QUEUE: usize = 64;
 pub const MANAGER_NAME: &str = "shardgate-manager";
 
 /// Serves routers on `listener` until `cancel`; returns once every connection has ended.
+/// At most `max_connections` (see [`super::ManagerConfig`]) at once: one more is answered
+/// with a handshake error and closed.
 pub async fn serve(listener: TcpListener, manager: Arc<Manager>, cancel: CancellationToken) {
     let tracker = TaskTracker::new();
+    let limit = ConnectionLimit::new("manager control", manager.cfg.max_connections);
+    let refusal = protocol::limits::binary_refusal(&limit);
     loop {
         let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -37,9 +42,14 @@ pub async fn serve(listener: TcpListener, manager: Arc<Manager>, cancel: Cancell
                 }
             },
         };
+        let Some(permit) = limit.try_admit() else {
+            limit.refuse(stream, peer, refusal.clone(), &tracker);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let (m, c, t) = (manager.clone(), cancel.clone(), tracker.clone());
         tracker.spawn(async move {
+            let _permit = permit;
             if let Err(e) = connection(stream, m, c, t).await {
                 tracing::debug!(%peer, error = %e, "control connection ended");
             }
