@@ -22,8 +22,7 @@ use common::*;
 use history::{History, Op, Outcome, Ret};
 use protocol::Consistency;
 use rand::{Rng, SeedableRng};
-use serde_json::Value as Json;
-use workload::{assert_linearizable, client_loop, config, record_final_state, Workload};
+use workload::{assert_linearizable, client_loop, config, final_state, Workload};
 
 const SERVERS: [&str; 3] = ["Server1", "Server2", "Server3"];
 /// Keys the clients work on: a few per shard, so that operations on one key overlap.
@@ -120,21 +119,7 @@ async fn kill9_under_load_keeps_every_key_linearizable() {
     assert!(bad.is_empty(), "refusals that must not happen: {bad:?}");
 
     // Every replica holds the same rows, and they are what the router reads.
-    let everything = db.read(0, 1999).await.unwrap();
-    let converged = poll(Duration::from_secs(30), || async {
-        let mut per_server = Vec::new();
-        for s in SERVERS {
-            let shards = db.read_server(s).await.ok()?;
-            let mut rows: Vec<Json> = shards.into_values().flatten().collect();
-            rows.sort_by_key(|r| r["Stud_id"].as_i64());
-            per_server.push(rows);
-        }
-        per_server.iter().all(|r| r == &everything).then_some(())
-    })
-    .await;
-    assert!(converged.is_some(), "replicas differ from each other or from the router's read");
-    // The final state joins the history as reads that started after everything else ended.
-    record_final_state(&h, &KEYS, &everything);
+    let everything = final_state(&db, &SERVERS, &h, &KEYS).await;
 
     let (ops, unknown) = h.counts();
     recoveries.sort();

@@ -40,8 +40,7 @@ use common::*;
 use history::History;
 use net::Firewall;
 use protocol::Consistency;
-use serde_json::Value as Json;
-use workload::{assert_linearizable, client_loop, config, record_final_state, Workload};
+use workload::{assert_linearizable, client_loop, config, final_state, Workload};
 
 const SERVERS: [&str; 3] = ["Server1", "Server2", "Server3"];
 const SHARDS: [&str; 2] = ["sh1", "sh2"];
@@ -258,19 +257,7 @@ async fn under_faults(test: &str, block: u8, routers: u8, reads: Consistency, ne
     assert!(bad.is_empty(), "refusals that must not happen: {bad:?}");
 
     // Every replica holds the same rows, and they are what the router reads.
-    let everything = dbs[0].read(0, 1999).await.unwrap();
-    let converged = poll(Duration::from_secs(30), || async {
-        for s in SERVERS {
-            let shards = dbs[0].read_server(s).await.ok()?;
-            let mut rows: Vec<Json> = shards.into_values().flatten().collect();
-            rows.sort_by_key(|r| r["Stud_id"].as_i64());
-            (rows == everything).then_some(())?;
-        }
-        Some(())
-    })
-    .await;
-    assert!(converged.is_some(), "replicas differ from each other or from the router's read");
-    record_final_state(&h, &KEYS, &everything);
+    let everything = final_state(&dbs[0], &SERVERS, &h, &KEYS).await;
     let (ops, unknown) = h.counts();
     elections.sort();
     eprintln!(

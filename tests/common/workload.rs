@@ -122,17 +122,32 @@ pub async fn client_loop(
     }
 }
 
-/// Adds the final state (`rows`, read once everything else ended) to the history as reads
-/// of every key of `keys`.
-pub fn record_final_state(h: &History, keys: &[i64], rows: &[Json]) {
+/// The end of a run: reads every row of the fault tests' two shards through `db`, waits (up
+/// to 30 s) until each of `servers` holds exactly those rows, fails the test if one does
+/// not, and adds the final state to the history as reads of every key of `keys` that
+/// started after everything else ended. Returns the rows.
+pub async fn final_state(db: &Db, servers: &[&str], h: &History, keys: &[i64]) -> Vec<Json> {
+    let everything = db.read(0, 1999).await.expect("a final read of every row");
+    let converged = super::poll(std::time::Duration::from_secs(30), || async {
+        for s in servers {
+            let shards = db.read_server(s).await.ok()?;
+            let mut rows: Vec<Json> = shards.into_values().flatten().collect();
+            rows.sort_by_key(|r| r["Stud_id"].as_i64());
+            (rows == everything).then_some(())?;
+        }
+        Some(())
+    })
+    .await;
+    assert!(converged.is_some(), "replicas differ from each other or from the router's read");
     for &key in keys {
-        let v = rows
+        let v = everything
             .iter()
             .find(|r| r["Stud_id"].as_i64() == Some(key))
             .and_then(|r| r["Stud_name"].as_str().map(str::to_string));
         let p = h.invoke(u64::MAX - 1, key, Op::Read);
         h.complete(p, Outcome::Ok(Ret::Value(v)));
     }
+    everything
 }
 
 /// Fails the test when the checker rejects the history, or cannot decide it within
