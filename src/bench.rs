@@ -286,6 +286,27 @@ struct PhaseResult {
 }
 
 impl PhaseResult {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The rounds of one phase as one (rate and percentiles over all of them).
+    fn merge(rounds: Vec<PhaseResult>) -> PhaseResult {
+        let mut all = PhaseResult {
+            ops: 0,
+            elapsed: Duration::ZERO,
+            latencies_us: vec![],
+            per_client: vec![],
+        };
+        for r in rounds {
+            all.ops += r.ops;
+            all.elapsed += r.elapsed;
+            all.latencies_us.extend(r.latencies_us);
+            all.per_client.extend(r.per_client);
+        }
+        all
+    }
+
     fn line(&self, name: &str, clients: usize) -> String {
         let p = Percentiles::of(&self.latencies_us);
         format!(
@@ -295,6 +316,16 @@ impl PhaseResult {
             p.p99_ms
         )
     }
+}
+
+/// The median of `xs` and their smallest and largest (zeros when empty).
+fn median_and_range(xs: &[f64]) -> (f64, f64, f64) {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let (Some(&low), Some(&high)) = (v.first(), v.last()) else { return (0.0, 0.0, 0.0) };
+    let mid = v.len() / 2;
+    let median = if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 };
+    (median, low, high)
 }
 
 /// Latency percentiles of one phase (every benchmark reports these two).
@@ -426,8 +457,13 @@ pub struct LbBench {
     #[arg(long, default_value_t = 64)]
     clients: usize,
     /// Seconds each phase runs.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Rounds of the two phases, in turn (direct first in odd rounds, routed first in even
+    /// ones): the ratio reported is the median of the rounds' ratios, so a burst of noise on
+    /// a shared machine during one phase does not decide it.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
     /// Replicas behind the router.
     #[arg(long, default_value_t = 3)]
     servers: usize,
@@ -457,20 +493,33 @@ pub async fn run_lb(b: LbBench) -> Result<(), String> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let dur = Duration::from_secs_f64(b.seconds);
-        let direct =
-            run_phase(b.clients, dur, |_, _| Op::Get("/home"), node_http, node_http).await?;
-        let routed = run_phase(b.clients, dur, |_, _| Op::Get("/home"), router, router).await?;
-        let rate = |r: &PhaseResult| r.ops as f64 / r.elapsed.as_secs_f64();
+        let mut direct = Vec::new();
+        let mut routed = Vec::new();
+        for round in 0..b.rounds.max(1) {
+            let home = |_: usize, _: u64| Op::Get("/home");
+            if round % 2 == 0 {
+                direct.push(run_phase(b.clients, dur, home, node_http, node_http).await?);
+                routed.push(run_phase(b.clients, dur, home, router, router).await?);
+            } else {
+                routed.push(run_phase(b.clients, dur, home, router, router).await?);
+                direct.push(run_phase(b.clients, dur, home, node_http, node_http).await?);
+            }
+        }
+        let ratios: Vec<f64> =
+            direct.iter().zip(&routed).map(|(d, r)| r.rate() / d.rate()).collect();
+        let (median, low, high) = median_and_range(&ratios);
         Ok::<_, String>(vec![
-            direct.line("GET /home straight to one node", b.clients),
-            routed.line(
+            PhaseResult::merge(direct).line("GET /home straight to one node", b.clients),
+            PhaseResult::merge(routed).line(
                 &format!("GET /home through the router ({} replicas, {})", b.servers, b.hash),
                 b.clients,
             ),
             format!(
-                "\nrouter / direct throughput: {:.2}x (the router costs {:.0}%)",
-                rate(&routed) / rate(&direct),
-                100.0 * (1.0 - rate(&routed) / rate(&direct))
+                "\nrouter / direct throughput: {median:.2}x, median of {} rounds of {}s per \
+                 phase (rounds: {low:.2}x to {high:.2}x); the router costs {:.0}%",
+                ratios.len(),
+                b.seconds,
+                100.0 * (1.0 - median)
             ),
         ])
     }
@@ -485,4 +534,16 @@ pub async fn run_lb(b: LbBench) -> Result<(), String> {
         println!("{l}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_range_of_rounds() {
+        assert_eq!(median_and_range(&[0.7, 0.5, 0.9]), (0.7, 0.5, 0.9));
+        assert_eq!(median_and_range(&[0.8, 0.6, 0.5, 0.9]), (0.7, 0.5, 0.9));
+        assert_eq!(median_and_range(&[]), (0.0, 0.0, 0.0));
+    }
 }

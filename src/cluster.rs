@@ -102,6 +102,10 @@ pub struct RouterArgs {
     /// Limit on one forwarding attempt, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub forward_timeout_ms: u64,
+    /// Threads serving the balancer's HTTP connections, each with its own connections to
+    /// the replicas (default: one per core).
+    #[arg(long)]
+    pub router_threads: Option<usize>,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
@@ -183,6 +187,11 @@ fn router_config(manager: String, args: &RouterArgs) -> Result<RouterConfig, Str
     cfg.key = args.key.clone();
     cfg.attempts = args.attempts;
     cfg.forward_timeout = Duration::from_millis(args.forward_timeout_ms.max(1));
+    match args.router_threads {
+        Some(0) => return Err("--router-threads must be at least 1".into()),
+        Some(n) => cfg.front_threads = n,
+        None => {}
+    }
     cfg.limits = args.limits.limits()?;
     cfg.admin_token = args.admin.token()?;
     Ok(cfg)

@@ -1,5 +1,11 @@
 //! `shardgate`: the command line of the load balancer, the shard manager and the nodes.
 
+// Every request allocates a few small buffers, freed on whichever thread finishes it;
+// mimalloc serves that pattern with less work than glibc's malloc (which showed up at ~6% of
+// the router's CPU in `perf`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -16,11 +16,12 @@ use hyper::{Method, StatusCode};
 use protocol::limits::WriteStall;
 use protocol::ErrorBody;
 use serde_json::{json, Value as Json};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::db;
+use super::fronts::Fronts;
 use super::proxy::Outgoing;
 use super::{ring_capacity, Router};
 use crate::control::{ControlRequest, DbOp, Membership};
@@ -57,6 +58,14 @@ pub async fn serve(listener: TcpListener, router: Arc<Router>, shutdown: impl Fu
     let limit = router.http_conns.clone();
     let refusal = protocol::limits::http_refusal(&limit);
     let idle = router.cfg.limits.idle_timeout;
+    let mut fronts = match Fronts::start(router.cfg.front_threads, super::node_pool) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the router's front threads");
+            return;
+        }
+    };
+    tracing::debug!(threads = fronts.len(), "router fronts started");
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -75,31 +84,27 @@ pub async fn serve(listener: TcpListener, router: Arc<Router>, shutdown: impl Fu
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (router, cancel) = (router.clone(), cancel.clone());
-        tracker.spawn(async move {
-            let _permit = permit;
-            let io = hyper_util::rt::TokioIo::new(WriteStall::new(stream, idle));
-            let service = hyper::service::service_fn(move |req| {
-                let router = router.clone();
-                async move { Ok::<_, Infallible>(handle(&router, req, peer).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(idle)
-                .serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "http connection ended");
-                    }
-                }
-                _ = cancel.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+        // Handed over to a front, where it joins that front's reactor.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, %peer, "cannot hand an http connection over");
+                continue;
             }
+        };
+        let (router, cancel, tracker) = (router.clone(), cancel.clone(), tracker.clone());
+        fronts.spawn(move |nodes| {
+            tracker.track_future(async move {
+                let _permit = permit;
+                let stream = match TcpStream::from_std(stream) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, %peer, "cannot serve an http connection");
+                        return;
+                    }
+                };
+                serve_connection(stream, peer, router, nodes, idle, cancel).await
+            })
         });
     }
     drop(listener);
@@ -108,14 +113,55 @@ pub async fn serve(listener: TcpListener, router: Arc<Router>, shutdown: impl Fu
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
         tracing::warn!("http requests did not finish within the grace period");
     }
+    // Joining the front threads blocks (briefly: they only drop what is left on them).
+    let _ = tokio::task::spawn_blocking(move || drop(fronts)).await;
 }
 
-async fn handle(router: &Router, req: hyper::Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+/// Serves one client connection (on a front) until it closes, or `cancel` lets its request
+/// in progress finish.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Arc<Router>,
+    nodes: client::Pool,
+    idle: Duration,
+    cancel: CancellationToken,
+) {
+    let io = hyper_util::rt::TokioIo::new(WriteStall::new(stream, idle));
+    let service = hyper::service::service_fn(move |req| {
+        let (router, nodes) = (router.clone(), nodes.clone());
+        async move { Ok::<_, Infallible>(handle(&router, &nodes, req, peer).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(idle)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "http connection ended");
+            }
+        }
+        _ = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+async fn handle(
+    router: &Router,
+    nodes: &client::Pool,
+    req: hyper::Request<Incoming>,
+    peer: SocketAddr,
+) -> HttpResponse {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     let (resp, endpoint) = match read_body(body).await {
-        Ok(b) => route(router, &parts, path, b, peer).await,
+        Ok(b) => route(router, nodes, &parts, path, b, peer).await,
         Err(resp) => (resp, None),
     };
     let status = resp.status().as_u16();
@@ -178,6 +224,7 @@ fn allowed(path: &str) -> Option<&'static [Method]> {
 /// Answers one request; the second value names the database endpoint it was, for metrics.
 async fn route(
     router: &Router,
+    nodes: &client::Pool,
     parts: &hyper::http::request::Parts,
     path: &str,
     body: Bytes,
@@ -235,7 +282,7 @@ async fn route(
             let name = &p[READ_SERVER_PREFIX.len()..];
             (db::read_server(router, name).await, Some("read_server"))
         }
-        _ => (forward(router, parts, path, body, peer).await, None),
+        _ => (forward(router, nodes, parts, path, body, peer).await, None),
     };
     (result.unwrap_or_else(|e| error_response(&e)), endpoint)
 }
@@ -298,6 +345,7 @@ async fn rm(router: &Router, body: &[u8]) -> Result<HttpResponse, ErrorBody> {
 
 async fn forward(
     router: &Router,
+    nodes: &client::Pool,
     parts: &hyper::http::request::Parts,
     path: &str,
     body: Bytes,
@@ -310,7 +358,7 @@ async fn forward(
     // The client's headers stay here: the node answers by method, path and body alone.
     let path_and_query = parts.uri.path_and_query().map_or(path, |p| p.as_str()).to_string();
     let out = Outgoing { method: parts.method.clone(), path_and_query, body };
-    let reply = router.forward(&out, key).await?;
+    let reply = router.forward(nodes, &out, key).await?;
     if reply.status == StatusCode::NOT_FOUND && is_unknown_endpoint(&reply.body) {
         return Err(ErrorBody::bad_request(format!(
             "'{path}' endpoint does not exist in server replicas"

@@ -26,6 +26,7 @@ mod catalog_watch;
 mod db;
 mod db_calls;
 mod db_table;
+mod fronts;
 mod http;
 mod metrics;
 mod proxy;
@@ -85,6 +86,9 @@ pub struct RouterConfig {
     /// and `/config` forwarded to a node) need `Authorization: Bearer TOKEN`; on the binary
     /// door, admin requests then need the cluster secret.
     pub admin_token: Option<AdminToken>,
+    /// Threads that serve the HTTP connections, each with its own connections to the nodes
+    /// (see `fronts`); default one per core.
+    pub front_threads: usize,
 }
 
 impl RouterConfig {
@@ -100,8 +104,14 @@ impl RouterConfig {
             db_deadline: DB_RETRY_DEADLINE,
             limits: DoorLimits::default(),
             admin_token: None,
+            front_threads: default_front_threads(),
         }
     }
+}
+
+/// One front thread per core the process may use.
+pub fn default_front_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// A replica as the router routes to it.
@@ -185,11 +195,6 @@ impl Router {
             by_id: HashMap::new(),
             membership: Membership::default(),
         };
-        let node_options = client::ConnectOptions {
-            connect_timeout: NODE_CONNECT_TIMEOUT,
-            handshake_timeout: NODE_CONNECT_TIMEOUT,
-            request_timeout: None,
-        };
         let router = Arc::new(Router {
             admin: ControlClient::new(cfg.manager.clone(), "shardgate-router"),
             table: tokio::sync::watch::channel(Arc::new(empty)).0,
@@ -197,7 +202,7 @@ impl Router {
             metrics: metrics::Metrics::default(),
             cancel: CancellationToken::new(),
             db: tokio::sync::watch::channel(Arc::new(db_table::DbTable::empty())).0,
-            nodes: client::Pool::with_options("shardgate-router", node_options),
+            nodes: node_pool(),
             lsns: RwLock::new(HashMap::new()),
             db_admin: ControlClient::new(cfg.manager.clone(), "shardgate-router-db"),
             refresh: ControlClient::new(cfg.manager.clone(), "shardgate-router-refresh"),
@@ -318,6 +323,7 @@ impl Router {
     /// while attempts fail (retryable failures only).
     pub(crate) async fn forward(
         &self,
+        nodes: &client::Pool,
         out: &proxy::Outgoing,
         key: u64,
     ) -> Result<proxy::Reply, ErrorBody> {
@@ -355,7 +361,7 @@ impl Router {
             attempts += 1;
             let res = {
                 let _counted = InFlight::enter(&r.in_flight);
-                proxy::send(&self.nodes, r.addr, out, self.cfg.forward_timeout).await
+                proxy::send(nodes, r.addr, out, self.cfg.forward_timeout).await
             };
             match res {
                 Ok(reply) => {
@@ -384,6 +390,17 @@ impl Router {
         }
         Err(ErrorBody::unavailable(format!("no replica answered; {}", errors.join("; "))))
     }
+}
+
+/// Pipelined connections to the nodes, opened on first use (the router's own, and one pool
+/// per front thread).
+pub(crate) fn node_pool() -> client::Pool {
+    let options = client::ConnectOptions {
+        connect_timeout: NODE_CONNECT_TIMEOUT,
+        handshake_timeout: NODE_CONNECT_TIMEOUT,
+        request_timeout: None,
+    };
+    client::Pool::with_options("shardgate-router", options)
 }
 
 /// One log line per membership change, saying what changed.
