@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -117,6 +117,14 @@ pub async fn serve_with_limit<H: Handler>(
 
 /// Serves one accepted connection until the peer closes it, a frame is unreadable, or
 /// `cancel`.
+///
+/// One task reads the requests and writes the answers. Everything that is ready is taken
+/// before anything is written: the requests already received (those answered in place are
+/// answered at once) and the answers of requests that ran in tasks of their own; then one
+/// flush sends all their answers. A batch of requests that came in one read so leaves in
+/// one write, with no hand-over to a writer task (on a multi-threaded runtime, a wake-up of
+/// another thread per batch). While a flush waits for the peer to read, no more requests
+/// are read: the back-pressure a pipelined peer needs.
 pub async fn connection<H: Handler>(
     stream: TcpStream,
     handler: Arc<H>,
@@ -131,74 +139,157 @@ pub async fn connection<H: Handler>(
     .await
     .map_err(|_| crate::Error::Handshake("handshake timed out".into()))??;
     tracing::debug!(peer = %hello.peer, "binary peer connected");
-    let (mut sink, mut frames) = framed.split();
-    let (tx, mut rx) = mpsc::channel::<ResponseFrame>(RESPONSE_QUEUE);
-    let writer = tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            sink.feed(encode_answer(&first)?).await?;
-            while let Ok(more) = rx.try_recv() {
-                sink.feed(encode_answer(&more)?).await?;
+    let mut conn = Conn {
+        framed,
+        handler,
+        tracker,
+        answers: mpsc::channel::<ResponseFrame>(RESPONSE_QUEUE),
+        in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION)),
+        unflushed: false,
+    };
+    let result = conn.serve(&cancel).await;
+    // The answers of requests still running are sent before the connection closes.
+    let drained = conn.drain_answers(&cancel).await;
+    result.and(drained)
+}
+
+/// One connection's state while it is served.
+struct Conn<H> {
+    framed: tokio_util::codec::Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>,
+    handler: Arc<H>,
+    tracker: TaskTracker,
+    /// Answers of requests that run in tasks of their own.
+    answers: (mpsc::Sender<ResponseFrame>, mpsc::Receiver<ResponseFrame>),
+    in_flight: Arc<Semaphore>,
+    /// Answers fed to the socket's buffer since the last flush.
+    unflushed: bool,
+}
+
+/// What the connection waits for when nothing is ready.
+enum Event {
+    Frame(Option<Result<bytes::BytesMut, std::io::Error>>),
+    Answer(ResponseFrame),
+    Cancelled,
+}
+
+impl<H: Handler> Conn<H> {
+    /// Reads and answers requests until the peer closes, a frame is unreadable, or `cancel`.
+    async fn serve(&mut self, cancel: &CancellationToken) -> crate::Result<()> {
+        loop {
+            // Everything ready now, without waiting: received requests, finished answers.
+            while let Some(frame) = self.framed.next().now_or_never() {
+                if !self.on_frame(frame).await? {
+                    return Ok(());
+                }
             }
-            // Let the answers finishing right now join this write (see client/src/writer.rs).
-            tokio::task::yield_now().await;
-            while let Ok(more) = rx.try_recv() {
-                sink.feed(encode_answer(&more)?).await?;
+            while let Ok(answer) = self.answers.1.try_recv() {
+                self.feed(&answer).await?;
             }
-            sink.flush().await?;
+            if self.unflushed {
+                self.flush(cancel).await?;
+                continue;
+            }
+            let event = tokio::select! {
+                _ = cancel.cancelled() => Event::Cancelled,
+                f = self.framed.next() => Event::Frame(f),
+                Some(a) = self.answers.1.recv() => Event::Answer(a),
+            };
+            match event {
+                Event::Cancelled => return Ok(()),
+                Event::Frame(frame) => {
+                    if !self.on_frame(frame).await? {
+                        return Ok(());
+                    }
+                }
+                Event::Answer(a) => self.feed(&a).await?,
+            }
         }
-        Ok::<(), crate::Error>(())
-    });
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
-    let result = loop {
-        let frame = tokio::select! {
-            _ = cancel.cancelled() => break Ok(()),
-            f = frames.next() => f,
-        };
+    }
+
+    /// Handles one frame (or the end of the stream); false when the connection is done.
+    async fn on_frame(
+        &mut self,
+        frame: Option<Result<bytes::BytesMut, std::io::Error>>,
+    ) -> crate::Result<bool> {
         let bytes = match frame {
-            None => break Ok(()),
+            None => return Ok(false),
             Some(Ok(b)) => b,
             Some(Err(e)) => {
                 let e = crate::Error::from(e);
                 if let crate::Error::Frame { detail } = &e {
                     // Say why before closing: the stream cannot be resynchronized.
-                    let _ =
-                        tx.send(ResponseFrame::err(0, ErrorBody::too_large(detail.clone()))).await;
+                    let answer = ResponseFrame::err(0, ErrorBody::too_large(detail.clone()));
+                    self.say_last(&answer).await;
                 }
-                break Err(e);
+                return Err(e);
             }
         };
         let req: RequestFrame = match crate::wire::decode(&bytes) {
             Ok(r) => r,
             Err(e) => {
                 let answer = ErrorBody::bad_request(format!("undecodable request: {e}"));
-                let _ = tx.send(ResponseFrame::err(0, answer)).await;
-                break Err(e);
+                self.say_last(&ResponseFrame::err(0, answer)).await;
+                return Err(e);
             }
         };
         let RequestFrame { id, body } = req;
-        let in_place = handler.answers_in_place(&body);
-        let h = handler.clone();
+        let in_place = self.handler.answers_in_place(&body);
+        let h = self.handler.clone();
         let mut answer = Box::pin(async move { h.handle(body).await });
         if in_place {
             if let std::task::Poll::Ready(body) = futures::poll!(answer.as_mut()) {
-                let _ = tx.send(ResponseFrame { id, body }).await;
-                continue;
+                self.feed(&ResponseFrame { id, body }).await?;
+                return Ok(true);
             }
         }
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { break Ok(()) };
-        let tx = tx.clone();
-        tracker.spawn(async move {
+        let Ok(permit) = self.in_flight.clone().acquire_owned().await else { return Ok(false) };
+        let tx = self.answers.0.clone();
+        self.tracker.spawn(async move {
             let body = answer.await;
             let _ = tx.send(ResponseFrame { id, body }).await;
             drop(permit);
         });
-    };
-    // The writer ends once every in-flight handler has sent its answer.
-    drop(tx);
-    match writer.await {
-        Ok(Err(e)) => tracing::debug!(error = %e, "binary writer ended"),
-        Err(e) => tracing::warn!(error = %e, "binary writer task failed"),
-        Ok(Ok(())) => {}
+        Ok(true)
     }
-    result
+
+    async fn feed(&mut self, answer: &ResponseFrame) -> crate::Result<()> {
+        self.framed.feed(encode_answer(answer)?).await?;
+        self.unflushed = true;
+        Ok(())
+    }
+
+    /// Sends what is buffered; a peer that stops reading must not outlast `cancel`.
+    async fn flush(&mut self, cancel: &CancellationToken) -> crate::Result<()> {
+        tokio::select! {
+            r = SinkExt::<bytes::Bytes>::flush(&mut self.framed) => r?,
+            _ = cancel.cancelled() => return Ok(()),
+        }
+        self.unflushed = false;
+        Ok(())
+    }
+
+    /// A last answer before the connection closes (best effort: it is closing anyway).
+    async fn say_last(&mut self, answer: &ResponseFrame) {
+        if let Ok(bytes) = encode_answer(answer) {
+            let _ = self.framed.send(bytes).await;
+        }
+    }
+
+    /// Sends the answers of requests still running, as they finish (each has its own task,
+    /// tracked; none waits for this connection), and what is still buffered.
+    async fn drain_answers(&mut self, cancel: &CancellationToken) -> crate::Result<()> {
+        // Our own sender goes, so the channel ends when the last running request answered.
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.answers.0, closed));
+        loop {
+            if self.unflushed {
+                self.flush(cancel).await?;
+            }
+            let Some(answer) = self.answers.1.recv().await else { return Ok(()) };
+            self.feed(&answer).await?;
+            while let Ok(more) = self.answers.1.try_recv() {
+                self.feed(&more).await?;
+            }
+        }
+    }
 }
