@@ -36,6 +36,8 @@ pub fn encode_answer(frame: &ResponseFrame) -> crate::Result<bytes::Bytes> {
 
 /// A peer must complete the handshake within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a cancelled connection may still take to send the answers it owes.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Requests one connection may have in progress; more wait (back-pressure on the socket).
 const MAX_IN_FLIGHT_PER_CONNECTION: usize = 4096;
 /// Answers queued for one connection's writer.
@@ -124,7 +126,8 @@ pub async fn serve_with_limit<H: Handler>(
 /// flush sends all their answers. A batch of requests that came in one read so leaves in
 /// one write, with no hand-over to a writer task (on a multi-threaded runtime, a wake-up of
 /// another thread per batch). While a flush waits for the peer to read, no more requests
-/// are read: the back-pressure a pipelined peer needs.
+/// are read: the back-pressure a pipelined peer needs. Once `cancel` fires, no request is
+/// read any more, and the answers still owed get a short linger (2 s) to leave.
 pub async fn connection<H: Handler>(
     stream: TcpStream,
     handler: Arc<H>,
@@ -147,10 +150,25 @@ pub async fn connection<H: Handler>(
         in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION)),
         unflushed: false,
     };
-    let result = conn.serve(&cancel).await;
-    // The answers of requests still running are sent before the connection closes.
-    let drained = conn.drain_answers(&cancel).await;
-    result.and(drained)
+    let served = async {
+        let result = conn.serve(&cancel).await;
+        // The answers of requests still running are sent before the connection closes.
+        let drained = conn.drain_answers().await;
+        result.and(drained)
+    };
+    // Once cancelled, the connection has a short while to send what it still owes; a peer
+    // that does not read its answers must not keep it (and the shutdown) waiting.
+    let linger = async {
+        cancel.cancelled().await;
+        tokio::time::sleep(CLOSE_LINGER).await;
+    };
+    tokio::select! {
+        r = served => r,
+        () = linger => {
+            tracing::debug!("binary connection closed with answers unsent: the peer does not read");
+            Ok(())
+        }
+    }
 }
 
 /// One connection's state while it is served.
@@ -186,7 +204,7 @@ impl<H: Handler> Conn<H> {
                 self.feed(&answer).await?;
             }
             if self.unflushed {
-                self.flush(cancel).await?;
+                self.flush().await?;
                 continue;
             }
             let event = tokio::select! {
@@ -258,12 +276,9 @@ impl<H: Handler> Conn<H> {
         Ok(())
     }
 
-    /// Sends what is buffered; a peer that stops reading must not outlast `cancel`.
-    async fn flush(&mut self, cancel: &CancellationToken) -> crate::Result<()> {
-        tokio::select! {
-            r = SinkExt::<bytes::Bytes>::flush(&mut self.framed) => r?,
-            _ = cancel.cancelled() => return Ok(()),
-        }
+    /// Sends what is buffered.
+    async fn flush(&mut self) -> crate::Result<()> {
+        SinkExt::<bytes::Bytes>::flush(&mut self.framed).await?;
         self.unflushed = false;
         Ok(())
     }
@@ -277,13 +292,13 @@ impl<H: Handler> Conn<H> {
 
     /// Sends the answers of requests still running, as they finish (each has its own task,
     /// tracked; none waits for this connection), and what is still buffered.
-    async fn drain_answers(&mut self, cancel: &CancellationToken) -> crate::Result<()> {
+    async fn drain_answers(&mut self) -> crate::Result<()> {
         // Our own sender goes, so the channel ends when the last running request answered.
         let (closed, _) = mpsc::channel(1);
         drop(std::mem::replace(&mut self.answers.0, closed));
         loop {
             if self.unflushed {
-                self.flush(cancel).await?;
+                self.flush().await?;
             }
             let Some(answer) = self.answers.1.recv().await else { return Ok(()) };
             self.feed(&answer).await?;

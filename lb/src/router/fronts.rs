@@ -87,3 +87,51 @@ impl Drop for Fronts {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{mpsc, Arc};
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn connections_go_to_the_fronts_in_turn_and_drop_stops_them() {
+        let mut fronts = Fronts::start(2, || client::Pool::new("test")).unwrap();
+        assert_eq!(fronts.len(), 2);
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..4 {
+            let tx = tx.clone();
+            fronts.spawn(move |_nodes| async move {
+                let _ = tx.send(std::thread::current().name().map(str::to_string));
+            });
+        }
+        let mut names: Vec<Option<String>> =
+            (0..4).map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap()).collect();
+        names.sort();
+        let expected = ["router-front-0", "router-front-0", "router-front-1", "router-front-1"];
+        assert_eq!(names, expected.map(|n| Some(n.to_string())));
+
+        // A task that never ends is dropped with its front, which drop joins.
+        struct Dropped(Arc<AtomicBool>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(AtomicBool::new(false));
+        let guard = Dropped(dropped.clone());
+        fronts.spawn(move |_nodes| async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        });
+        drop(fronts);
+        assert!(dropped.load(Ordering::SeqCst), "the pending task outlived its front");
+    }
+
+    #[test]
+    fn at_least_one_front_runs() {
+        assert_eq!(Fronts::start(0, || client::Pool::new("test")).unwrap().len(), 1);
+    }
+}
