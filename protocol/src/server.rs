@@ -1,7 +1,8 @@
 //! The serving side of the binary protocol, shared by every process that has a binary door
-//! (nodes, routers): accept, handshake, then pipelined requests. Each request is handled in
-//! its own task and answered when ready, so answers may leave in another order than the
-//! requests came; everything queued goes out with one flush.
+//! (nodes, routers): accept, handshake, then pipelined requests. A request that is done at
+//! once (`/home`, heartbeats, forwards) is answered by the connection's task; any other runs
+//! in a task of its own and is answered when ready, so answers may leave in another order
+//! than the requests came. Everything answered meanwhile goes out with one flush.
 
 use std::future::Future;
 use std::sync::Arc;
