@@ -18,7 +18,7 @@ use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, StatusCode};
 use protocol::auth::AdminToken;
 use protocol::json::{key_field, row_from_json, rows_from_json, rows_to_json};
-use protocol::limits::{ConnectionLimit, WriteStall};
+use protocol::limits::ConnectionLimit;
 use protocol::{
     ConfigReq, CopyReq, DeleteReq, ErrorBody, ForwardReq, ReadReq, Request, Response, UpdateReq,
     WriteReq,
@@ -91,28 +91,11 @@ pub(crate) async fn serve(
         let idle = door.idle_timeout;
         tracker.spawn(async move {
             let _permit = permit;
-            let io = hyper_util::rt::TokioIo::new(WriteStall::new(stream, idle));
             let service = hyper::service::service_fn(move |req| {
                 let (node, token) = (node.clone(), token.clone());
                 async move { Ok::<_, Infallible>(handle(&node, req, token.as_ref().as_ref()).await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(idle)
-                .serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "http connection ended");
-                    }
-                }
-                _ = cancel.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
+            protocol::limits::serve_http1(stream, idle, service, &cancel).await
         });
     }
 }

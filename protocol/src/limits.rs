@@ -345,6 +345,42 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteStall<T> {
     }
 }
 
+/// Serves one HTTP/1.1 connection of an HTTP door with `service` (hyper; keep-alive) under
+/// the door's guards: a request head must arrive within `idle` of the connection's start or
+/// the previous answer (slowloris clients and idle keep-alive connections are closed), and
+/// an answer's write may stall at most `idle` ([`WriteStall`]). When `cancel` fires, the
+/// request in progress is finished and the connection closed.
+pub async fn serve_http1<S>(
+    stream: tokio::net::TcpStream,
+    idle: Duration,
+    service: S,
+    cancel: &tokio_util::sync::CancellationToken,
+) where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let io = hyper_util::rt::TokioIo::new(WriteStall::new(stream, idle));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(idle)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "http connection ended");
+            }
+        }
+        _ = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

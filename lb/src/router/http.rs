@@ -13,7 +13,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, StatusCode};
-use protocol::limits::WriteStall;
 use protocol::ErrorBody;
 use serde_json::{json, Value as Json};
 use tokio::net::{TcpListener, TcpStream};
@@ -127,28 +126,11 @@ async fn serve_connection(
     idle: Duration,
     cancel: CancellationToken,
 ) {
-    let io = hyper_util::rt::TokioIo::new(WriteStall::new(stream, idle));
     let service = hyper::service::service_fn(move |req| {
         let (router, nodes) = (router.clone(), nodes.clone());
         async move { Ok::<_, Infallible>(handle(&router, &nodes, req, peer).await) }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .keep_alive(true)
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(idle)
-        .serve_connection(io, service);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "http connection ended");
-            }
-        }
-        _ = cancel.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
+    protocol::limits::serve_http1(stream, idle, service, &cancel).await
 }
 
 async fn handle(
