@@ -311,7 +311,7 @@ impl PhaseResult {
         let p = Percentiles::of(&self.latencies_us);
         format!(
             "| {name} | {clients} | {:.0} | {:.2} ms | {:.2} ms |",
-            self.ops as f64 / self.elapsed.as_secs_f64(),
+            self.rate(),
             p.p50_ms,
             p.p99_ms
         )

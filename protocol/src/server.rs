@@ -41,7 +41,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Requests one connection may have in progress; more wait (back-pressure on the socket).
 const MAX_IN_FLIGHT_PER_CONNECTION: usize = 4096;
-/// Answers queued for one connection's writer.
+/// Answers of requests running in tasks of their own, queued for the connection's task.
 const RESPONSE_QUEUE: usize = 1024;
 
 /// What answers the requests of a binary door.
@@ -143,11 +143,13 @@ pub async fn connection<H: Handler>(
     .await
     .map_err(|_| crate::Error::Handshake("handshake timed out".into()))??;
     tracing::debug!(peer = %hello.peer, "binary peer connected");
+    let (answers_tx, answers) = mpsc::channel::<ResponseFrame>(RESPONSE_QUEUE);
     let mut conn = Conn {
         framed,
         handler,
         tracker,
-        answers: mpsc::channel::<ResponseFrame>(RESPONSE_QUEUE),
+        answers_tx: Some(answers_tx),
+        answers,
         in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION)),
         unflushed: false,
     };
@@ -177,8 +179,11 @@ struct Conn<H> {
     framed: tokio_util::codec::Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>,
     handler: Arc<H>,
     tracker: TaskTracker,
+    /// Where requests that run in tasks of their own send their answers; dropped once no
+    /// request is read any more, so `answers` ends when the last of them has answered.
+    answers_tx: Option<mpsc::Sender<ResponseFrame>>,
     /// Answers of requests that run in tasks of their own.
-    answers: (mpsc::Sender<ResponseFrame>, mpsc::Receiver<ResponseFrame>),
+    answers: mpsc::Receiver<ResponseFrame>,
     in_flight: Arc<Semaphore>,
     /// Answers fed to the socket's buffer since the last flush.
     unflushed: bool,
@@ -201,7 +206,7 @@ impl<H: Handler> Conn<H> {
                     return Ok(());
                 }
             }
-            while let Ok(answer) = self.answers.1.try_recv() {
+            while let Ok(answer) = self.answers.try_recv() {
                 self.feed(&answer).await?;
             }
             if self.unflushed {
@@ -211,7 +216,7 @@ impl<H: Handler> Conn<H> {
             let event = tokio::select! {
                 _ = cancel.cancelled() => Event::Cancelled,
                 f = self.framed.next() => Event::Frame(f),
-                Some(a) = self.answers.1.recv() => Event::Answer(a),
+                Some(a) = self.answers.recv() => Event::Answer(a),
             };
             match event {
                 Event::Cancelled => return Ok(()),
@@ -261,8 +266,8 @@ impl<H: Handler> Conn<H> {
                 return Ok(true);
             }
         }
+        let Some(tx) = self.answers_tx.clone() else { return Ok(false) };
         let Ok(permit) = self.in_flight.clone().acquire_owned().await else { return Ok(false) };
-        let tx = self.answers.0.clone();
         self.tracker.spawn(async move {
             let body = answer.await;
             let _ = tx.send(ResponseFrame { id, body }).await;
@@ -294,16 +299,14 @@ impl<H: Handler> Conn<H> {
     /// Sends the answers of requests still running, as they finish (each has its own task,
     /// tracked; none waits for this connection), and what is still buffered.
     async fn drain_answers(&mut self) -> crate::Result<()> {
-        // Our own sender goes, so the channel ends when the last running request answered.
-        let (closed, _) = mpsc::channel(1);
-        drop(std::mem::replace(&mut self.answers.0, closed));
+        self.answers_tx = None;
         loop {
             if self.unflushed {
                 self.flush().await?;
             }
-            let Some(answer) = self.answers.1.recv().await else { return Ok(()) };
+            let Some(answer) = self.answers.recv().await else { return Ok(()) };
             self.feed(&answer).await?;
-            while let Ok(more) = self.answers.1.try_recv() {
+            while let Ok(more) = self.answers.try_recv() {
                 self.feed(&more).await?;
             }
         }

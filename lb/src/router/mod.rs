@@ -110,7 +110,7 @@ impl RouterConfig {
 }
 
 /// One front thread per core the process may use.
-pub fn default_front_threads() -> usize {
+fn default_front_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
