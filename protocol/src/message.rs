@@ -181,6 +181,7 @@ pub struct ForwardReq {
     /// Path and query, as the client sent them (`/home`).
     pub path: String,
     /// The request body (usually empty).
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
 
@@ -365,6 +366,7 @@ pub struct LogRecord {
     /// Record kind.
     pub kind: u8,
     /// The encoded change.
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 
@@ -541,6 +543,7 @@ pub enum Response {
         /// HTTP status code.
         status: u16,
         /// The JSON body.
+        #[serde(with = "serde_bytes")]
         body: Vec<u8>,
     },
     /// Answer to [`Request::DbRead`].
@@ -719,5 +722,24 @@ mod tests {
         assert_eq!(ErrorBody::bad_request("no shard 'sh9'").message, "<Error> no shard 'sh9'");
         assert_eq!(ErrorBody::not_found("<Error> gone").message, "<Error> gone");
         assert_eq!(ErrorBody::internal("boom").to_string(), "<Error> boom");
+    }
+
+    #[test]
+    fn byte_fields_keep_the_encoding_of_a_sequence_of_u8() {
+        // The byte fields are written as one slice, which must stay the bytes a plain
+        // `Vec<u8>` (a length, then one byte per element) gives, so peers of either build
+        // understand each other.
+        #[derive(Serialize)]
+        struct Plain {
+            method: String,
+            path: String,
+            body: Vec<u8>,
+        }
+        let body: Vec<u8> = (0..=255).chain(0..40).collect();
+        let req = ForwardReq { method: "POST".into(), path: "/x?y=1".into(), body: body.clone() };
+        let plain = Plain { method: "POST".into(), path: "/x?y=1".into(), body };
+        let ours = crate::wire::encode(&req).unwrap();
+        assert_eq!(ours, crate::wire::encode(&plain).unwrap());
+        assert_eq!(crate::wire::decode::<ForwardReq>(&ours).unwrap(), req);
     }
 }
