@@ -470,13 +470,21 @@ pub struct LbBench {
     /// The router's hash family (see `shardgate up --help`).
     #[arg(long, default_value = "assignment")]
     hash: String,
+    /// The router's front threads (`shardgate up --router-threads`; default: one per core).
+    #[arg(long)]
+    router_threads: Option<usize>,
 }
 
 /// Runs both phases and prints the table with the router's cost as a ratio.
 pub async fn run_lb(b: LbBench) -> Result<(), String> {
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
     let (mut node, _, node_http) = spawn_node(&tmp.path().join("direct"), "Direct").await?;
-    let up = crate::procs::UpChild::start(b.servers, &["--hash", &b.hash], "warn").await?;
+    let threads = b.router_threads.map(|n| n.to_string());
+    let mut up_args = vec!["--hash", b.hash.as_str()];
+    if let Some(n) = &threads {
+        up_args.extend(["--router-threads", n.as_str()]);
+    }
+    let up = crate::procs::UpChild::start(b.servers, &up_args, "warn").await?;
     let router = up.http;
     let result = async {
         // Wait (bounded) until every replica is up.
