@@ -212,6 +212,7 @@ async fn route(node: &Node, method: &Method, path: &str, body: &[u8]) -> Result<
         ));
     }
     if path == "/heartbeat" {
+        node.health()?;
         return Ok(Answer { status: StatusCode::OK, body: Vec::new() });
     }
     if path == "/home" {

@@ -93,11 +93,30 @@ impl Node {
         self.shards.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 
+    /// Whether this node is fit to serve: not when a shard's log failed to sync (after a
+    /// failed fsync what is on disk is unknown, so the log refuses every write: PostgreSQL
+    /// and etcd stop the process there). The heartbeat then fails with that reason, and the
+    /// shard manager replaces the node as it does a dead one: a new primary among the
+    /// others, and this process restarted on its data, its logs recovered from the disk.
+    pub fn health(&self) -> std::result::Result<(), ErrorBody> {
+        let mut failed: Vec<String> =
+            self.shards().iter().filter(|s| s.log_failed()).map(|s| s.id().to_string()).collect();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        failed.sort();
+        Err(ErrorBody::internal(format!(
+            "{} is unhealthy: the log of shard {} failed to sync; restart the node to recover it",
+            self.name,
+            failed.join(", ")
+        )))
+    }
+
     /// Answers one request; both doors call this.
     pub async fn handle(&self, req: Request) -> std::result::Result<Response, ErrorBody> {
         match req {
             Request::Home => Ok(Response::Home { name: self.name.clone() }),
-            Request::Heartbeat => Ok(Response::Heartbeat),
+            Request::Heartbeat => self.health().map(|()| Response::Heartbeat),
             Request::Config(c) => self.configure(c).await,
             Request::Copy(c) => self.copy(c),
             Request::Read(r) => self.read(r).await,

@@ -560,8 +560,8 @@ impl Shard {
                     Ok(()) => Err(error),
                     Err(e) => Err(ErrorBody::unavailable(format!(
                         "{} (the change it was refused for did not complete here: {})",
-                        error.message.trim_start_matches(protocol::message::ERROR_PREFIX),
-                        e.message.trim_start_matches(protocol::message::ERROR_PREFIX)
+                        error.bare(),
+                        e.bare()
                     ))),
                 }
             }
@@ -760,6 +760,13 @@ impl Shard {
     /// Number of segment files the shard's log has.
     pub fn log_segments(&self) -> usize {
         self.core.wal.segment_count()
+    }
+
+    /// Whether the shard's log is poisoned by a failed sync: the replica can no longer make
+    /// anything durable, and only a restart (the log opened again, recovered from what is on
+    /// disk) brings it back.
+    pub fn log_failed(&self) -> bool {
+        self.core.wal.is_poisoned()
     }
 
     /// Stops the senders and the committer after it has synced and applied what it can.

@@ -713,10 +713,13 @@ mod failpoints {
         let r = m[0].write(&[701]).await;
         let msg = assert_server_fault(&r, "a write after the failed sync");
         nowhere(&m, 701, poisoned_at.max(lsn + 1)).await;
-        // (The node still answers heartbeats: the shard manager does not see the fault.)
+        // Its heartbeat now fails with the reason, so a shard manager replaces it as it does
+        // a dead node (the way out below).
         let hb = m[0].call(Request::Heartbeat).await;
+        let hb_msg = assert_server_fault(&hb, "a heartbeat after the failed sync");
+        assert!(hb_msg.contains("unhealthy") && hb_msg.contains(SHARD), "{hb_msg}");
         eprintln!(
-            "fault_disk: fsync error: the write in flight was {first_msg}; later writes: {msg}; heartbeat: {hb:?}"
+            "fault_disk: fsync error: the write in flight was {first_msg}; later writes: {msg}; heartbeat: {hb_msg}"
         );
         fail::remove("wal::sync");
 
@@ -727,6 +730,9 @@ mod failpoints {
         m[0].stop().await;
         m[0].try_start().await.unwrap();
         rejoin(&m[0], &m[np], 2).await;
+        // Reopened, its log is sound again and so is its heartbeat.
+        let hb = m[0].call(Request::Heartbeat).await;
+        assert!(matches!(hb, Ok(Response::Heartbeat)), "after the restart: {hb:?}");
         // 700 was either committed (everywhere) or not (nowhere), never half.
         let has: Vec<bool> = {
             let mut v = Vec::new();

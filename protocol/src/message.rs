@@ -680,6 +680,11 @@ impl ErrorBody {
     pub fn http_status(&self) -> u16 {
         self.kind.http_status()
     }
+
+    /// The message without its `"<Error> "` prefix, to quote inside another one.
+    pub fn bare(&self) -> &str {
+        self.message.strip_prefix(ERROR_PREFIX).unwrap_or(&self.message)
+    }
 }
 
 impl fmt::Display for ErrorBody {
@@ -699,6 +704,15 @@ impl From<crate::json::FieldError> for ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prefix_is_put_once_and_bare_takes_it_off() {
+        let e = ErrorBody::internal("<Error> disk gone");
+        assert_eq!(e.message, "<Error> disk gone");
+        assert_eq!(e.bare(), "disk gone");
+        let odd = ErrorBody { kind: ErrorKind::Internal, message: "no prefix".into() };
+        assert_eq!(odd.bare(), "no prefix");
+    }
 
     #[test]
     fn statuses_follow_the_contract() {

@@ -194,6 +194,12 @@ impl Wal {
         }
     }
 
+    /// Whether a failed sync (or a failed cut) poisoned the log: every later append, sync
+    /// and cut fails until the log is opened again.
+    pub fn is_poisoned(&self) -> bool {
+        self.shared.poisoned.load(Ordering::Acquire)
+    }
+
     /// Every LSN up to the returned one is on disk.
     pub fn durable_lsn(&self) -> Lsn {
         self.shared.durable_lsn.load(Ordering::Acquire)

@@ -533,9 +533,7 @@ impl Manager {
             let removing = rt.removing.clone();
             let r = self.elect(s, &[], &removing, rt.promoted.get(s)).await;
             if let Err(e) = self.record(&mut rt, s, r) {
-                errors.push(
-                    e.message.trim_start_matches(protocol::message::ERROR_PREFIX).to_string(),
-                );
+                errors.push(e.bare().to_string());
             }
         }
         if !errors.is_empty() {

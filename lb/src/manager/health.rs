@@ -2,7 +2,9 @@
 //! heartbeat is older than the dead-after time is marked dead (routers stop sending to it),
 //! killed, and started again under the same name, id and data directory. A replica whose
 //! port refuses connections is dead at once: no process listens there any more (it crashed),
-//! so waiting out the dead-after time would only delay the failover.
+//! so waiting out the dead-after time would only delay the failover. Nor is one that answers
+//! the heartbeat with an error (its log failed to sync: it can no longer make a write
+//! durable): it is replaced at once too, its restart recovering the log from the disk.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,8 +53,9 @@ pub(super) async fn watch_replica(
                 continue;
             }
             Beat::Missed if silent < m.cfg.dead_after => continue,
-            Beat::Missed => "missed heartbeats",
-            Beat::Refused => "connection refused",
+            Beat::Missed => "missed heartbeats".to_string(),
+            Beat::Refused => "connection refused".to_string(),
+            Beat::Unhealthy(why) => format!("unhealthy: {why}"),
         };
         if !m.mark_dead(&name) {
             return;
@@ -60,7 +63,7 @@ pub(super) async fn watch_replica(
         tracing::warn!(
             replica = %name,
             silent_ms = silent.as_millis() as u64,
-            reason,
+            reason = %reason,
             "replica dead; replacing it"
         );
         conn = None;
@@ -83,6 +86,7 @@ pub(super) async fn watch_replica(
 }
 
 /// What one heartbeat found.
+#[derive(Debug, PartialEq, Eq)]
 enum Beat {
     /// Answered.
     Answered,
@@ -90,6 +94,8 @@ enum Beat {
     Missed,
     /// Nothing listens on the replica's port any more: its process is gone.
     Refused,
+    /// The replica answered that it cannot serve (the reason it gave).
+    Unhealthy(String),
 }
 
 /// One heartbeat over the cached connection (opened if needed). A connection that broke is
@@ -111,6 +117,9 @@ async fn ping(conn: &mut Option<Connection>, s: Spawned, opts: ConnectOptions) -
         match c.call(Request::Heartbeat).await {
             Ok(Response::Heartbeat) => return Beat::Answered,
             Ok(_) => return Beat::Missed,
+            Err(client::CallError::Remote(body)) => {
+                return Beat::Unhealthy(body.bare().to_string())
+            }
             Err(client::CallError::Timeout) => return Beat::Missed,
             Err(client::CallError::Disconnected) => *conn = None,
             Err(_) => {
@@ -153,5 +162,76 @@ async fn replace(m: &Manager, name: &str, watch: &CancellationToken) -> Option<S
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(RESPAWN_BACKOFF_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use protocol::server::{self, Handler};
+    use protocol::ErrorBody;
+    use tokio::net::TcpListener;
+    use tokio_util::task::TaskTracker;
+
+    use super::*;
+
+    /// Answers heartbeats, or refuses them with a reason while `sick`.
+    struct Replica {
+        sick: bool,
+    }
+
+    impl Handler for Replica {
+        fn name(&self) -> &str {
+            "replica"
+        }
+
+        async fn handle(&self, req: Request) -> Result<Response, ErrorBody> {
+            match req {
+                Request::Heartbeat if self.sick => {
+                    Err(ErrorBody::internal("replica is unhealthy: the log of shard sh1 failed"))
+                }
+                Request::Heartbeat => Ok(Response::Heartbeat),
+                other => Err(ErrorBody::bad_request(other.name().to_string())),
+            }
+        }
+    }
+
+    async fn start(sick: bool, cancel: &CancellationToken) -> Spawned {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serve =
+            server::serve(listener, Arc::new(Replica { sick }), cancel.clone(), TaskTracker::new());
+        tokio::spawn(serve);
+        Spawned { addr, http: addr }
+    }
+
+    fn opts() -> ConnectOptions {
+        let t = Duration::from_secs(5);
+        ConnectOptions { connect_timeout: t, handshake_timeout: t, request_timeout: Some(t) }
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_answered_with_an_error_is_unhealthy_with_its_reason() {
+        let cancel = CancellationToken::new();
+        let (well, sick) = (start(false, &cancel).await, start(true, &cancel).await);
+        let mut conn = None;
+        assert_eq!(ping(&mut conn, well, opts()).await, Beat::Answered);
+        let mut conn = None;
+        assert_eq!(
+            ping(&mut conn, sick, opts()).await,
+            Beat::Unhealthy("replica is unhealthy: the log of shard sh1 failed".into())
+        );
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_port_nobody_listens_on_is_refused() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        drop(listener);
+        let mut conn = None;
+        assert_eq!(ping(&mut conn, Spawned { addr, http: addr }, opts()).await, Beat::Refused);
     }
 }

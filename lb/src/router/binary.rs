@@ -137,9 +137,9 @@ fn admin_allowed(router: &Router, op: protocol::AdminOp) -> Result<(), ErrorBody
 fn check_rows(t: &super::db_table::DbTable, rows: &[Row]) -> Result<(), ErrorBody> {
     let schema = t.schema().ok_or_else(|| ErrorBody::bad_request("database not initialized"))?;
     for (i, row) in rows.iter().enumerate() {
-        schema.check_row(row).map_err(|e| {
-            ErrorBody::new(e.kind.clone(), format!("{} (row {i})", super::db_calls::bare(&e)))
-        })?;
+        schema
+            .check_row(row)
+            .map_err(|e| ErrorBody::new(e.kind.clone(), format!("{} (row {i})", e.bare())))?;
     }
     Ok(())
 }

@@ -26,7 +26,6 @@ use protocol::{
 };
 use serde_json::{json, Value as Json};
 
-use super::db_calls::bare;
 use super::db_table::DbTable;
 use super::http::{json_response, HttpResponse};
 use super::Router;
@@ -299,7 +298,7 @@ pub(super) async fn server_rows(
             Ok(other) => Err(unexpected("a read", &other)),
             Err(e) => {
                 let e = e.into_body(name);
-                Err(ErrorBody::new(e.kind.clone(), format!("shard {id}: {}", bare(&e))))
+                Err(ErrorBody::new(e.kind.clone(), format!("shard {id}: {}", e.bare())))
             }
         }
     });
@@ -327,7 +326,7 @@ impl Router {
             return Ok(t);
         }
         if !t.ready {
-            let why = fetched.err().map_or_else(String::new, |e| format!("; {}", bare(&e)));
+            let why = fetched.err().map_or_else(String::new, |e| format!("; {}", e.bare()));
             return Err(ErrorBody::unavailable(format!(
                 "no database metadata from the shard manager yet{why}"
             )));
@@ -458,7 +457,7 @@ async fn partial_write_error(
                 let req = Request::Delete(DeleteReq { shard: shard.clone(), key: r.key });
                 match router.primary_call(shard, req).await.result {
                     Err(d) if d.kind != ErrorKind::NotFound => {
-                        Some(format!("Stud_id {} in {shard} ({})", r.key, bare(&d)))
+                        Some(format!("Stud_id {} in {shard} ({})", r.key, d.bare()))
                     }
                     _ => None,
                 }
@@ -471,7 +470,7 @@ async fn partial_write_error(
         }
         return ErrorBody::bad_request(format!(
             "{}; rows written to other shards before the refusal could not all be removed: {}",
-            bare(&e),
+            e.bare(),
             left.join(", ")
         ));
     }
@@ -487,7 +486,7 @@ async fn partial_write_error(
         (0..groups.len())
             .filter(|&i| results[i].ambiguous == amb)
             .filter_map(|i| {
-                results[i].result.as_ref().err().map(|e| format!("{} [{}]", describe(i), bare(e)))
+                results[i].result.as_ref().err().map(|e| format!("{} [{}]", describe(i), e.bare()))
             })
             .collect()
     };

@@ -69,11 +69,6 @@ pub(crate) struct PrimaryOutcome {
     pub ambiguous: bool,
 }
 
-/// A message without the `"<Error> "` prefix, to quote inside another one.
-pub(crate) fn bare(e: &ErrorBody) -> &str {
-    e.message.strip_prefix(protocol::message::ERROR_PREFIX).unwrap_or(&e.message)
-}
-
 impl Router {
     /// The highest LSN of `shard` this router has seen.
     pub(crate) fn shard_lsn(&self, shard: &str) -> u64 {
@@ -186,7 +181,7 @@ impl Router {
                         self.metrics.db_retry(reason);
                         let body = e.into_body(name);
                         tracing::debug!(shard, replica = %name, error = %body.message, "read attempt failed");
-                        errors.push(format!("{name}: {}", bare(&body)));
+                        errors.push(format!("{name}: {}", body.bare()));
                     }
                 }
             }
@@ -255,7 +250,7 @@ impl Router {
                         Err(NodeError::Call(CallError::Remote(body))) => {
                             let named = ErrorBody::new(
                                 body.kind.clone(),
-                                format!("shard {shard}: {}", bare(&body)),
+                                format!("shard {shard}: {}", body.bare()),
                             );
                             match &body.kind {
                                 ErrorKind::NotPrimary { primary } => {
@@ -293,7 +288,7 @@ impl Router {
                             }
                             self.metrics.db_retry("primary_unreachable");
                             let e = e.into_body(target);
-                            ErrorBody::new(e.kind.clone(), format!("shard {shard}: {}", bare(&e)))
+                            ErrorBody::new(e.kind.clone(), format!("shard {shard}: {}", e.bare()))
                         }
                     }
                 }
@@ -322,7 +317,7 @@ fn next_request_id() -> RequestId {
 fn give_up(e: ErrorBody) -> ErrorBody {
     match e.kind {
         ErrorKind::NotPrimary { .. } | ErrorKind::StaleEpoch { .. } => {
-            ErrorBody::unavailable(format!("{}; no primary accepted it in time", bare(&e)))
+            ErrorBody::unavailable(format!("{}; no primary accepted it in time", e.bare()))
         }
         _ => e,
     }
