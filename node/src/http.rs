@@ -70,22 +70,10 @@ pub(crate) async fn serve(
     let refusal = protocol::limits::http_refusal(&door.limit);
     let admin_token = Arc::new(door.admin_token);
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, _peer, permit) = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "http accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            a = door.limit.accept(&listener, &refusal, &tracker) => a,
         };
-        let Some(permit) = door.limit.try_admit() else {
-            door.limit.refuse(stream, peer, refusal.clone(), &tracker);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
         let (node, token) = (node.clone(), admin_token.clone());
         let cancel = cancel.clone();
         let idle = door.idle_timeout;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
@@ -46,6 +46,8 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// Refusals delivered at once, per listener; a connection refused beyond it is closed
 /// without a word, so a flood cannot make refusals the new way to hold resources.
 const MAX_REFUSALS_IN_PROGRESS: usize = 64;
+/// Pause after a failed accept before the next one.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// At most one warning per this interval about refused connections (with the count).
 pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -162,6 +164,36 @@ impl ConnectionLimit {
     /// A place for one more connection, held until the permit drops; `None` at the cap.
     pub fn try_admit(&self) -> Option<OwnedSemaphorePermit> {
         self.open.clone().try_acquire_owned().ok()
+    }
+
+    /// The next connection on `listener` within the cap, with its place: one over the cap is
+    /// refused with `refusal` (see [`refuse`](Self::refuse)) and the wait goes on; a failed
+    /// accept (out of descriptors and the like) is logged and followed by a short pause
+    /// instead of a spin. The stream comes with `TCP_NODELAY` set (every door answers small
+    /// messages it has already batched). Cancel-safe: dropped while waiting, it has taken
+    /// no connection.
+    pub async fn accept(
+        &self,
+        listener: &TcpListener,
+        refusal: &Bytes,
+        tracker: &TaskTracker,
+    ) -> (TcpStream, SocketAddr, OwnedSemaphorePermit) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(listener = self.listener, error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            let Some(permit) = self.try_admit() else {
+                self.refuse(stream, peer, refusal.clone(), tracker);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            return (stream, peer, permit);
+        }
     }
 
     /// Refuses `stream`: counts and logs it, then sends `answer`, closes its side and waits

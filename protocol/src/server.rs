@@ -90,23 +90,10 @@ pub async fn serve_with_limit<H: Handler>(
 ) {
     let refusal = crate::limits::binary_refusal(&limit);
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, peer, permit) = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "binary accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            a = limit.accept(&listener, &refusal, &tracker) => a,
         };
-        let Some(permit) = limit.try_admit() else {
-            limit.refuse(stream, peer, refusal.clone(), &tracker);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
         let (h, cancel, t) = (handler.clone(), cancel.clone(), tracker.clone());
         tracker.spawn(async move {
             if let Err(e) = connection(stream, h, cancel, t).await {

@@ -31,22 +31,10 @@ pub async fn serve(listener: TcpListener, manager: Arc<Manager>, cancel: Cancell
     let limit = ConnectionLimit::new("manager control", manager.cfg.max_connections);
     let refusal = protocol::limits::binary_refusal(&limit);
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, peer, permit) = tokio::select! {
             _ = cancel.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "control accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            a = limit.accept(&listener, &refusal, &tracker) => a,
         };
-        let Some(permit) = limit.try_admit() else {
-            limit.refuse(stream, peer, refusal.clone(), &tracker);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
         let (m, c, t) = (manager.clone(), cancel.clone(), tracker.clone());
         tracker.spawn(async move {
             let _permit = permit;

@@ -67,22 +67,10 @@ pub async fn serve(listener: TcpListener, router: Arc<Router>, shutdown: impl Fu
     tracing::debug!(threads = fronts.len(), "router fronts started");
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, peer, permit) = tokio::select! {
             _ = &mut shutdown => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "http accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            a = limit.accept(&listener, &refusal, &tracker) => a,
         };
-        let Some(permit) = limit.try_admit() else {
-            limit.refuse(stream, peer, refusal.clone(), &tracker);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
         // Handed over to a front, where it joins that front's reactor.
         let stream = match stream.into_std() {
             Ok(s) => s,
