@@ -19,6 +19,7 @@ mod bench;
 mod bench_db;
 mod bench_wal;
 mod cluster;
+mod proc_tree;
 mod procs;
 mod progress;
 mod security;

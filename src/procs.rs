@@ -11,7 +11,6 @@
 //! - `up` runs in its own process group, so a terminal's Ctrl-C reaches the benchmark alone,
 //!   which then stops the cluster (instead of racing it).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::raw::{c_int, c_ulong};
 use std::path::Path;
@@ -21,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+use crate::proc_tree::{cmdline, descendants, node_pid, node_pids, pid_alive};
 
 /// How long `up` may take to print its "listening" line.
 const UP_START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -51,55 +52,6 @@ fn send_signal(pid: u32, sig: c_int) -> bool {
 /// SIGKILL to `pid`; whether the kernel accepted it.
 pub fn sigkill(pid: u32) -> bool {
     send_signal(pid, SIGKILL)
-}
-
-/// Pids of every descendant of `pid` (children, grandchildren, ...), from /proc.
-pub fn descendants(pid: u32) -> Vec<u32> {
-    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
-        // Fields after the command name, which is in parentheses and may contain spaces.
-        let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else { continue };
-        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|s| s.parse().ok()) {
-            children.entry(ppid).or_default().push(p);
-        }
-    }
-    let (mut out, mut stack) = (Vec::new(), vec![pid]);
-    // Bounded: a pid is visited once (the parent relation is a tree).
-    while let Some(p) = stack.pop() {
-        for &c in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
-            if !out.contains(&c) {
-                out.push(c);
-                stack.push(c);
-            }
-        }
-    }
-    out
-}
-
-/// The command line of `pid`, arguments separated by spaces ("" once it is gone).
-pub fn cmdline(pid: u32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-        .unwrap_or_default()
-}
-
-/// Whether `pid` exists and is not a zombie.
-pub fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            stat.rfind(')').and_then(|i| stat.get(i + 2..)).and_then(|s| s.chars().next())
-                != Some('Z')
-        }
-        Err(_) => false,
-    }
-}
-
-/// The pid of the live `shardgate node --name NAME` under `root`.
-pub fn node_pid(root: u32, name: &str) -> Option<u32> {
-    let needle = format!(" node --name {name} ");
-    descendants(root).into_iter().find(|&p| cmdline(p).contains(&needle) && pid_alive(p))
 }
 
 /// One line `up` wrote on stderr, with when it was read.
@@ -234,7 +186,7 @@ impl UpChild {
     /// SIGTERM (up stops its nodes itself), then SIGKILL of whatever is left after a grace.
     pub async fn stop(mut self) {
         let pid = self.pid();
-        let nodes = descendants(pid);
+        let nodes = node_pids(pid);
         if pid != 0 && send_signal(pid, SIGTERM) {
             let _ = tokio::time::timeout(UP_STOP_GRACE, self.child.wait()).await;
         }

@@ -8,6 +8,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+// The /proc look-ups of the binary's own benchmarks, the same file.
+#[path = "../../src/proc_tree.rs"]
+mod proc_tree;
+// Each test binary uses some of them (as with the rest of this module).
+#[allow(unused_imports)]
+pub use proc_tree::{cmdline, descendants, node_pid, node_pids, pid_alive};
+
 /// Path of the binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_shardgate");
 
@@ -99,57 +106,6 @@ impl Drop for NodeProc {
     fn drop(&mut self) {
         self.kill9();
     }
-}
-
-/// Pids of every descendant of `pid` (children, grandchildren, ...), from /proc.
-pub fn descendants(pid: u32) -> Vec<u32> {
-    let mut children: std::collections::HashMap<u32, Vec<u32>> = Default::default();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
-        // Fields after the command name, which is in parentheses and may contain spaces.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
-        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|s| s.parse().ok()) {
-            children.entry(ppid).or_default().push(p);
-        }
-    }
-    let (mut out, mut stack) = (Vec::new(), vec![pid]);
-    while let Some(p) = stack.pop() {
-        for &c in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
-            out.push(c);
-            stack.push(c);
-        }
-    }
-    out
-}
-
-/// The command line of `pid`, arguments separated by spaces ("" once it is gone).
-pub fn cmdline(pid: u32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-        .unwrap_or_default()
-}
-
-/// Whether `pid` exists and is not a zombie.
-pub fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rfind(')').and_then(|i| stat[i + 2..].chars().next()) != Some('Z'),
-        Err(_) => false,
-    }
-}
-
-/// The pid of the live `shardgate node --name NAME` under `root`.
-pub fn node_pid(root: u32, name: &str) -> Option<u32> {
-    let needle = format!(" node --name {name} ");
-    descendants(root).into_iter().find(|&p| cmdline(p).contains(&needle) && pid_alive(p))
-}
-
-/// Pids of the live `shardgate node` processes under `root`.
-pub fn node_pids(root: u32) -> Vec<u32> {
-    descendants(root)
-        .into_iter()
-        .filter(|&p| cmdline(p).contains(" node --name ") && pid_alive(p))
-        .collect()
 }
 
 /// Sends `signal` (`"KILL"`, `"TERM"`) to `pid`.
