@@ -18,9 +18,10 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::raw_http::{exchange, json_call, read_reply, request, Reply};
 use common::{ClusterProc, NodeProc};
 use serde_json::{json, Value as Json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// The body limit of both HTTP doors (`lb::router::MAX_HTTP_BODY_BYTES`,
@@ -32,129 +33,6 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The servers' body read timeout (`BODY_READ_TIMEOUT` of both HTTP doors).
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-
-// ---------------------------------------------------------------------------------------
-// A raw HTTP/1.1 exchange
-// ---------------------------------------------------------------------------------------
-
-/// A parsed response.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn json(&self) -> Option<Json> {
-        serde_json::from_slice(&self.body).ok()
-    }
-}
-
-/// Reads one response from `s` (Content-Length, chunked, or until close).
-async fn read_reply(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> std::io::Result<Reply> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("closed without a response (got {:?})", String::from_utf8_lossy(&buf)),
-            ));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
-    let header = |name: &str| {
-        head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-        })
-    };
-    let mut rest = buf[head_end..].to_vec();
-    let body = if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        while rest.len() < len {
-            let n = s.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            rest.extend_from_slice(&chunk[..n]);
-        }
-        rest.truncate(len);
-        rest
-    } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        loop {
-            if rest.windows(5).any(|w| w == b"0\r\n\r\n") {
-                break;
-            }
-            let n = s.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            rest.extend_from_slice(&chunk[..n]);
-        }
-        dechunk(&rest)
-    } else {
-        // No length: the body ends with the connection (or there is none).
-        let _ = tokio::time::timeout(Duration::from_millis(200), s.read_to_end(&mut rest)).await;
-        rest
-    };
-    Ok(Reply { status, body })
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..i]).trim(), 16).unwrap_or(0);
-        if size == 0 {
-            break;
-        }
-        out.extend_from_slice(&b[i + 2..(i + 2 + size).min(b.len())]);
-        b = &b[(i + 4 + size).min(b.len())..];
-    }
-    out
-}
-
-/// Sends `raw` on a fresh connection and reads the answer, within [`ANSWER_WITHIN`].
-async fn exchange(addr: SocketAddr, raw: &[u8]) -> Result<Reply, String> {
-    let work = async {
-        let s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        s.set_nodelay(true).map_err(|e| e.to_string())?;
-        // Written while the answer is read: a server may answer (413) and close before it
-        // has read everything, and then the rest of the write fails, which is fine.
-        let (mut rd, mut wr) = s.into_split();
-        let raw = raw.to_vec();
-        let writer = tokio::spawn(async move {
-            let _ = wr.write_all(&raw).await;
-            wr
-        });
-        let reply = read_reply(&mut rd).await.map_err(|e| e.to_string());
-        writer.abort();
-        reply
-    };
-    tokio::time::timeout(ANSWER_WITHIN, work)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {ANSWER_WITHIN:?}")))
-}
-
-/// A well-framed request with `body` (Content-Length).
-fn request(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
-    let mut r = format!(
-        "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    r.extend_from_slice(body);
-    r
-}
 
 // ---------------------------------------------------------------------------------------
 // The table
@@ -222,7 +100,7 @@ async fn run_table(addr: SocketAddr, cases: Vec<Case>, who: &str) -> usize {
     let mut wrong = Vec::new();
     let started = Instant::now();
     for c in &cases {
-        let got = exchange(addr, &c.raw).await;
+        let got = exchange(addr, &c.raw, ANSWER_WITHIN).await;
         if let Some(w) = judge(c, &got) {
             wrong.push(w);
         }
@@ -577,7 +455,7 @@ async fn others_are_served(addr: SocketAddr, path: &str, body: &str) {
     for _ in 0..5 {
         let t = Instant::now();
         let (method, p) = path.split_once(' ').unwrap();
-        let r = exchange(addr, &request(method, p, body.as_bytes())).await.unwrap();
+        let r = exchange(addr, &request(method, p, body.as_bytes()), ANSWER_WITHIN).await.unwrap();
         assert_eq!(r.status, 200, "{:?}", r.json());
         // Not a speed check: a request queued behind the slow clients would wait out their
         // 10 s timeouts.
@@ -620,11 +498,6 @@ async fn slow_clients(addr: SocketAddr, probe: &str, probe_body: &str, who: &str
 // ---------------------------------------------------------------------------------------
 // The tests
 // ---------------------------------------------------------------------------------------
-
-async fn json_call(addr: SocketAddr, method: &str, path: &str, body: Json) -> (u16, Json) {
-    let r = exchange(addr, &request(method, path, body.to_string().as_bytes())).await.unwrap();
-    (r.status, r.json().unwrap_or(Json::Null))
-}
 
 /// Everything the balancer holds: a full read, `/status` without the primaries (an
 /// election may move them), and every server's rows.

@@ -12,6 +12,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::raw_http::{exchange, json_call, request};
 use common::{ClusterProc, NodeProc};
 use futures::{SinkExt, StreamExt};
 use protocol::{Request, RequestFrame, Response, ResponseFrame};
@@ -23,65 +24,12 @@ use tokio::net::TcpStream;
 const IDLE: Duration = Duration::from_secs(3);
 /// The cap the connection tests start their servers with.
 const CAP: usize = 8;
+/// How long one raw exchange may take to be answered.
+const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------
 // Raw HTTP and binary exchanges
 // ---------------------------------------------------------------------------------------
-
-/// An HTTP answer: status, head, body as JSON (`Null` when not JSON).
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    head: String,
-    json: Json,
-}
-
-/// Sends `raw` on a fresh connection and reads until the server closes (the requests say
-/// `Connection: close`), within 30 s.
-async fn exchange(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Reply> {
-    let work = async {
-        let mut s = TcpStream::connect(addr).await?;
-        s.write_all(raw).await?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).await?;
-        Ok::<_, std::io::Error>(out)
-    };
-    let out = tokio::time::timeout(Duration::from_secs(30), work)
-        .await
-        .map_err(|_| std::io::Error::other("no answer within 30 s"))??;
-    let text = String::from_utf8_lossy(&out).to_string();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("no complete answer: {text:?}")))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head:?}")))?;
-    Ok(Reply {
-        status,
-        head: head.to_string(),
-        json: serde_json::from_str(body).unwrap_or(Json::Null),
-    })
-}
-
-/// A request with a JSON body that asks the server to close after answering.
-fn request(method: &str, path: &str, body: &Json) -> Vec<u8> {
-    let body = body.to_string();
-    format!(
-        "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-/// `method path` with `body` on a fresh connection; panics on a transport error.
-async fn call(addr: SocketAddr, method: &str, path: &str, body: Json) -> (u16, Json) {
-    let r = exchange(addr, &request(method, path, &body))
-        .await
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    (r.status, r.json)
-}
 
 /// Asserts the contract's error shape with `status` and a message containing `needle`.
 fn assert_error(got: &(u16, Json), status: u16, needle: &str) {
@@ -143,8 +91,8 @@ async fn http_cap_holds(addr: SocketAddr, probe: &str) {
     // The listener accepts in order: the connections above are all in before these.
     for attempt in 0..3 {
         let t = Instant::now();
-        let r = exchange(addr, &request("GET", probe, &json!({}))).await.unwrap();
-        assert_error(&(r.status, r.json.clone()), 503, "too many connections");
+        let r = exchange(addr, &request("GET", probe, b""), ANSWER_WITHIN).await.unwrap();
+        assert_error(&(r.status, r.json().unwrap_or(Json::Null)), 503, "too many connections");
         assert!(
             r.head.to_ascii_lowercase().contains("connection: close"),
             "refusal {attempt}: {}",
@@ -158,7 +106,7 @@ async fn http_cap_holds(addr: SocketAddr, probe: &str) {
     }
     drop(holders);
     let back = common::poll(Duration::from_secs(10), || async {
-        match exchange(addr, &request("GET", probe, &json!({}))).await {
+        match exchange(addr, &request("GET", probe, b""), ANSWER_WITHIN).await {
             Ok(r) if r.status == 200 => Some(()),
             _ => None,
         }
@@ -221,7 +169,7 @@ async fn the_balancers_doors_refuse_connections_beyond_the_cap_and_keep_serving_
     http_cap_holds(up.http(), "/rep").await;
     binary_cap_holds(up.addr("binary")).await;
     // The refusals are counted.
-    let (s, _) = call(up.http(), "GET", "/rep", json!({})).await;
+    let (s, _) = json_call(up.http(), "GET", "/rep", json!({})).await;
     assert_eq!(s, 200);
     let mut c = client::HttpClient::connect(up.http()).await.unwrap();
     let metrics = c.request("GET", "/metrics", b"").await.unwrap();
@@ -261,9 +209,9 @@ async fn normal_client(
     while !done.load(std::sync::atomic::Ordering::Relaxed) {
         let t = Instant::now();
         let r = if i.is_multiple_of(2) {
-            kept.request("GET", probe, b"").await.map(|r| r.status)
+            kept.request("GET", probe, b"").await.map(|r| r.status).map_err(|e| e.to_string())
         } else {
-            exchange(addr, &request("GET", probe, &json!({}))).await.map(|r| r.status)
+            exchange(addr, &request("GET", probe, b""), ANSWER_WITHIN).await.map(|r| r.status)
         };
         match r {
             // Not a speed check: a request queued behind the attacker would wait for its
@@ -339,7 +287,7 @@ async fn a_node_cuts_off_slow_clients_and_serves_the_others_meanwhile() {
     // A client that asks for large answers and never reads them: the answers' writes stall,
     // and the connection is closed after the idle timeout.
     let schema = json!({"columns": ["Stud_id", "Stud_name", "Stud_marks"], "dtypes": ["Number", "String", "Number"]});
-    let (s, r) = call(
+    let (s, r) = json_call(
         node.http,
         "POST",
         "/config",
@@ -350,7 +298,8 @@ async fn a_node_cuts_off_slow_clients_and_serves_the_others_meanwhile() {
     let rows: Vec<Json> = (0..5000)
         .map(|k| json!({"Stud_id": k, "Stud_name": "n".repeat(200), "Stud_marks": k}))
         .collect();
-    let (s, r) = call(node.http, "POST", "/write", json!({"shard": "sh1", "data": rows})).await;
+    let (s, r) =
+        json_call(node.http, "POST", "/write", json!({"shard": "sh1", "data": rows})).await;
     assert_eq!(s, 200, "{r}");
     let (cut, served) = during(node.http, "/home", stalled_reader(node.http)).await;
     judge("a client that does not read", cut, &served);
@@ -414,7 +363,7 @@ async fn a_node_refuses_writes_and_reads_over_the_row_caps_with_a_413() {
     );
     let addr = node.http;
     let schema = json!({"columns": ["Stud_id", "Stud_name", "Stud_marks"], "dtypes": ["Number", "String", "Number"]});
-    let (s, r) = call(
+    let (s, r) = json_call(
         addr,
         "POST",
         "/config",
@@ -422,14 +371,19 @@ async fn a_node_refuses_writes_and_reads_over_the_row_caps_with_a_413() {
     )
     .await;
     assert_eq!(s, 200, "{r}");
-    let copy = || async { call(addr, "GET", "/copy", json!({"shards": ["sh1"]})).await };
+    let copy = || async { json_call(addr, "GET", "/copy", json!({"shards": ["sh1"]})).await };
     let read = |low: i64, high: i64| async move {
-        call(addr, "POST", "/read", json!({"shard": "sh1", "Stud_id": {"low": low, "high": high}}))
-            .await
+        json_call(
+            addr,
+            "POST",
+            "/read",
+            json!({"shard": "sh1", "Stud_id": {"low": low, "high": high}}),
+        )
+        .await
     };
 
     let write = |keys: std::ops::Range<i64>| async move {
-        call(addr, "POST", "/write", json!({"shard": "sh1", "data": rows(keys)})).await
+        json_call(addr, "POST", "/write", json!({"shard": "sh1", "data": rows(keys)})).await
     };
     assert_error(&write(0..6).await, 413, "too many rows in one write: 6");
     assert_eq!(copy().await.1["sh1"], json!([]), "a refused write wrote something");
@@ -471,7 +425,7 @@ async fn the_balancer_refuses_writes_and_reads_over_the_row_caps_on_both_doors()
     );
     let addr = up.http();
     let read = |low: i64, high: i64| async move {
-        call(addr, "POST", "/read", json!({"Stud_id": {"low": low, "high": high}})).await
+        json_call(addr, "POST", "/read", json!({"Stud_id": {"low": low, "high": high}})).await
     };
     let count = |r: &(u16, Json)| {
         assert_eq!(r.0, 200, "{}", r.1);
@@ -479,17 +433,20 @@ async fn the_balancer_refuses_writes_and_reads_over_the_row_caps_on_both_doors()
     };
     // Over HTTP. Six rows over two shards: refused whole.
     let spread = [1, 2, 3, 101, 102, 103];
-    let got = call(addr, "POST", "/write", json!({"data": rows(spread)})).await;
+    let got = json_call(addr, "POST", "/write", json!({"data": rows(spread)})).await;
     assert_error(&got, 413, "too many rows in one write: 6");
     assert_eq!(count(&read(0, 199).await), 0, "a refused write wrote something");
     assert_eq!(
-        call(addr, "POST", "/write", json!({"data": rows([1, 2, 3, 101, 102])})).await.0,
+        json_call(addr, "POST", "/write", json!({"data": rows([1, 2, 3, 101, 102])})).await.0,
         200
     );
-    assert_eq!(call(addr, "POST", "/write", json!({"data": rows([4, 103, 104])})).await.0, 200);
+    assert_eq!(
+        json_call(addr, "POST", "/write", json!({"data": rows([4, 103, 104])})).await.0,
+        200
+    );
     // Eight rows now: one answer may carry seven.
     assert_error(&read(0, 199).await, 413, "matches 8 rows");
-    assert_error(&call(addr, "GET", "/read/Server0", json!({})).await, 413, "matches 8 rows");
+    assert_error(&json_call(addr, "GET", "/read/Server0", json!({})).await, 413, "matches 8 rows");
     assert_eq!(count(&read(0, 99).await) + count(&read(100, 199).await), 8);
 
     // Over the binary door: the same cores, the same caps, typed.

@@ -8,6 +8,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod raw_http;
+
 // The /proc look-ups of the binary's own benchmarks, the same file.
 #[path = "../../src/proc_tree.rs"]
 mod proc_tree;
