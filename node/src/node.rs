@@ -29,7 +29,7 @@ pub struct Node {
     config_lock: tokio::sync::Mutex<()>,
     /// Caps on the rows of one HTTP (or forwarded) `/write` and read answer; the binary
     /// door's own requests come from the cluster and are not capped here.
-    row_limits: RwLock<protocol::limits::RowLimits>,
+    row_limits: protocol::limits::RowLimits,
 }
 
 impl Node {
@@ -57,7 +57,7 @@ impl Node {
             opts,
             shards: RwLock::new(shards),
             config_lock: tokio::sync::Mutex::new(()),
-            row_limits: RwLock::new(protocol::limits::RowLimits::default()),
+            row_limits: protocol::limits::RowLimits::default(),
         })
     }
 
@@ -68,12 +68,13 @@ impl Node {
 
     /// The caps on rows of the HTTP endpoints (`/write`, `/read`, `/copy`).
     pub fn row_limits(&self) -> protocol::limits::RowLimits {
-        *self.row_limits.read().unwrap_or_else(|e| e.into_inner())
+        self.row_limits
     }
 
-    /// Sets the caps on rows of the HTTP endpoints.
-    pub fn set_row_limits(&self, limits: protocol::limits::RowLimits) {
-        *self.row_limits.write().unwrap_or_else(|e| e.into_inner()) = limits;
+    /// The node with `limits` as the caps on rows of the HTTP endpoints (the defaults
+    /// otherwise), set before it serves.
+    pub fn with_row_limits(self, limits: protocol::limits::RowLimits) -> Node {
+        Node { row_limits: limits, ..self }
     }
 
     /// The replica of `id`, or the contract's 400 naming it.

@@ -83,8 +83,7 @@ impl NodeServer {
                 other => break other?,
             }
         };
-        node.set_row_limits(guards.limits.rows);
-        let node = Arc::new(node);
+        let node = Arc::new(node.with_row_limits(guards.limits.rows));
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
