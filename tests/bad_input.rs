@@ -4,8 +4,8 @@
 //! Every malformed request (bad JSON, wrong types, huge numbers, negative ids, ids outside
 //! every shard, missing fields, unknown paths and methods, bodies of 10 MB and over the
 //! limit, broken framing) must get the right 4xx, with the contract's error shape
-//! `{"message": "<Error> ...", "status": "failure"}` wherever the application answers (a
-//! request line or header block hyper cannot parse gets hyper's own bare 400). Never a 5xx,
+//! `{"message": "<Error> ...", "status": "failure"}`, also where hyper answers by itself (a
+//! request line or header block it cannot parse: `protocol::parse_errors`). Never a 5xx,
 //! never a hang. Afterwards the data is exactly what it was: a full read, `/status` and
 //! every server's rows through the balancer; `/copy` on the node.
 //!
@@ -43,8 +43,6 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 enum Want {
     /// This status, with the contract's JSON error shape and a message containing the text.
     Error(u16, &'static str),
-    /// This status from hyper itself (a request it cannot parse): no JSON required.
-    Bare(u16),
 }
 
 struct Case {
@@ -61,7 +59,7 @@ fn raw_case(name: &'static str, raw: Vec<u8>, want: Want) -> Case {
     Case { name, raw, want }
 }
 
-use Want::{Bare, Error};
+use Want::Error;
 
 /// Checks one answer against what its case wants; `None` when it is right.
 fn judge(c: &Case, got: &Result<Reply, String>) -> Option<String> {
@@ -69,15 +67,11 @@ fn judge(c: &Case, got: &Result<Reply, String>) -> Option<String> {
         Ok(r) => r,
         Err(e) => return Some(format!("{}: {e}", c.name)),
     };
-    let (code, needle) = match c.want {
-        Error(code, needle) => (code, Some(needle)),
-        Bare(code) => (code, None),
-    };
+    let Error(code, needle) = c.want;
     let text = String::from_utf8_lossy(&r.body[..r.body.len().min(300)]).to_string();
     if r.status != code {
         return Some(format!("{}: status {} (wanted {code}): {text}", c.name, r.status));
     }
-    let needle = needle?;
     let Some(j) = r.json() else {
         return Some(format!("{}: body is not JSON: {text:?}", c.name));
     };
@@ -118,22 +112,26 @@ async fn run_table(addr: SocketAddr, cases: Vec<Case>, who: &str) -> usize {
 /// Cases both doors share: framing, sizes, encodings.
 fn framing_cases(write_body_of: impl Fn(&str) -> String) -> Vec<Case> {
     let mut v = Vec::new();
-    v.push(raw_case("garbage request line", b"GARBAGE\r\n\r\n".to_vec(), Bare(400)));
+    v.push(raw_case(
+        "garbage request line",
+        b"GARBAGE\r\n\r\n".to_vec(),
+        Error(400, "malformed HTTP request"),
+    ));
     v.push(raw_case(
         "bad content-length",
         b"POST /write HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n\r\n{}".to_vec(),
-        Bare(400),
+        Error(400, "malformed HTTP request"),
     ));
     v.push(raw_case(
         "two different content-lengths",
         b"POST /write HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}"
             .to_vec(),
-        Bare(400),
+        Error(400, "malformed HTTP request"),
     ));
     v.push(raw_case(
         "a header without a colon",
         b"POST /write HTTP/1.1\r\nHost t\r\nContent-Length: 2\r\n\r\n{}".to_vec(),
-        Bare(400),
+        Error(400, "malformed HTTP request"),
     ));
     v.push(raw_case(
         "a bad chunk size",
@@ -195,7 +193,7 @@ fn framing_cases(write_body_of: impl Fn(&str) -> String) -> Vec<Case> {
             r.extend_from_slice(b"\r\n");
             r
         },
-        want: Bare(431),
+        want: Error(431, "header fields are too large"),
     });
     v
 }

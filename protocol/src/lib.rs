@@ -29,6 +29,7 @@ pub mod handshake;
 pub mod json;
 pub mod limits;
 pub mod message;
+pub mod parse_errors;
 pub mod server;
 pub mod types;
 pub mod wire;

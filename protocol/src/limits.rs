@@ -393,7 +393,10 @@ pub async fn serve_http1<S>(
     S::ResBody: 'static,
     <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let io = hyper_util::rt::TokioIo::new(WriteStall::new(stream, idle));
+    // hyper's own answers to requests it cannot parse leave in the contract's JSON shape.
+    let io = hyper_util::rt::TokioIo::new(crate::parse_errors::JsonErrors::new(WriteStall::new(
+        stream, idle,
+    )));
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .timer(hyper_util::rt::TokioTimer::new())
