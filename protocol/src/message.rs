@@ -261,6 +261,20 @@ pub enum AdminOp {
     PrimaryElect,
 }
 
+impl AdminOp {
+    /// The endpoint's name in the contract, without its slash (`"init"`, `"rm"`, ...): the
+    /// label of its request counters.
+    pub fn endpoint(self) -> &'static str {
+        match self {
+            AdminOp::Init => "init",
+            AdminOp::Status => "status",
+            AdminOp::Add => "add",
+            AdminOp::Remove => "rm",
+            AdminOp::PrimaryElect => "primary_elect",
+        }
+    }
+}
+
 /// An admin endpoint through a router, with the contract's JSON body (`"{}"` when it has
 /// none).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -52,13 +52,7 @@ fn endpoint(req: &Request) -> Option<&'static str> {
         Request::DbUpdate(_) => "update",
         Request::DbDelete(_) => "del",
         Request::DbReadServer(_) => "read_server",
-        Request::DbAdmin(a) => match a.op {
-            protocol::AdminOp::Init => "init",
-            protocol::AdminOp::Status => "status",
-            protocol::AdminOp::Add => "add",
-            protocol::AdminOp::Remove => "rm",
-            protocol::AdminOp::PrimaryElect => "primary_elect",
-        },
+        Request::DbAdmin(a) => a.op.endpoint(),
         _ => return None,
     })
 }

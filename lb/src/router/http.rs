@@ -232,22 +232,19 @@ async fn route(
         let facts = RequestFacts { header, client: peer.ip(), path };
         router.cfg.key.key(facts, &mut rand::thread_rng())
     };
+    let body_ref = &body;
+    let admin =
+        |op: DbOp| async move { (db::admin(router, op, body_ref).await, Some(op.endpoint())) };
     let (result, endpoint) = match path {
         "/rep" => (Ok(rep(router)), None),
         "/metrics" => (Ok(metrics(router)), None),
-        "/add" if db::is_db_form(DbOp::Add, &body) => {
-            (db::admin(router, DbOp::Add, &body).await, Some("add"))
-        }
-        "/rm" if db::is_db_form(DbOp::Remove, &body) => {
-            (db::admin(router, DbOp::Remove, &body).await, Some("rm"))
-        }
+        "/add" if db::is_db_form(DbOp::Add, &body) => admin(DbOp::Add).await,
+        "/rm" if db::is_db_form(DbOp::Remove, &body) => admin(DbOp::Remove).await,
         "/add" => (add(router, &body).await, None),
         "/rm" => (rm(router, &body).await, None),
-        "/init" => (db::admin(router, DbOp::Init, &body).await, Some("init")),
-        "/status" => (db::admin(router, DbOp::Status, &body).await, Some("status")),
-        "/primary_elect" => {
-            (db::admin(router, DbOp::PrimaryElect, &body).await, Some("primary_elect"))
-        }
+        "/init" => admin(DbOp::Init).await,
+        "/status" => admin(DbOp::Status).await,
+        "/primary_elect" => admin(DbOp::PrimaryElect).await,
         "/read" => (db::read(router, &body, key()).await, Some("read")),
         "/write" => (db::write(router, &body, key()).await, Some("write")),
         "/update" => (db::update(router, &body).await, Some("update")),
