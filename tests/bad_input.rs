@@ -38,28 +38,24 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 // The table
 // ---------------------------------------------------------------------------------------
 
-/// What a case must get.
+/// What a case must get: this status, with the contract's JSON error shape and a message
+/// containing the text.
 #[derive(Clone, Copy, Debug)]
-enum Want {
-    /// This status, with the contract's JSON error shape and a message containing the text.
-    Error(u16, &'static str),
-}
+struct Error(u16, &'static str);
 
 struct Case {
     name: &'static str,
     raw: Vec<u8>,
-    want: Want,
+    want: Error,
 }
 
-fn case(name: &'static str, method: &str, path: &str, body: &str, want: Want) -> Case {
+fn case(name: &'static str, method: &str, path: &str, body: &str, want: Error) -> Case {
     Case { name, raw: request(method, path, body.as_bytes()), want }
 }
 
-fn raw_case(name: &'static str, raw: Vec<u8>, want: Want) -> Case {
+fn raw_case(name: &'static str, raw: Vec<u8>, want: Error) -> Case {
     Case { name, raw, want }
 }
-
-use Want::Error;
 
 /// Checks one answer against what its case wants; `None` when it is right.
 fn judge(c: &Case, got: &Result<Reply, String>) -> Option<String> {
