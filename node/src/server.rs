@@ -162,12 +162,34 @@ pub async fn run(cfg: NodeConfig, shutdown: impl std::future::Future<Output = ()
     run_with(cfg, Guards::default(), shutdown).await
 }
 
+/// Fault-injection builds only: arms the fail points that `SHARDGATE_FAILPOINTS_<NAME>`
+/// names for this node, as `point=actions` pairs separated by `;` in the `fail` crate's
+/// syntax (`wal::sync=40*off->return`: the first 40 syncs pass, every later one fails), so
+/// that a test can break the disk of one node of a cluster.
+#[cfg(feature = "failpoints")]
+fn arm_fail_points(name: &str) -> Result<()> {
+    let var = format!("SHARDGATE_FAILPOINTS_{name}");
+    let Ok(spec) = std::env::var(&var) else { return Ok(()) };
+    let bad = |detail: String| {
+        Error::io("arm fail points", std::path::Path::new(&var), std::io::Error::other(detail))
+    };
+    for item in spec.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        let (point, actions) =
+            item.split_once('=').ok_or_else(|| bad(format!("'{item}' is not point=actions")))?;
+        fail::cfg(point.trim(), actions.trim()).map_err(bad)?;
+        tracing::warn!(node = name, point, actions, "fail point armed");
+    }
+    Ok(())
+}
+
 /// [`run`] with the doors guarded by `guards`.
 pub async fn run_with(
     cfg: NodeConfig,
     guards: Guards,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
+    #[cfg(feature = "failpoints")]
+    arm_fail_points(&cfg.name)?;
     // A node bound to its own address talks to its peers from it too.
     client::set_source_ip(cfg.listen.ip());
     let server = NodeServer::start_with(cfg.clone(), guards).await?;

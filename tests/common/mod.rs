@@ -169,8 +169,15 @@ pub struct ClusterProc {
 impl ClusterProc {
     /// Runs `shardgate ARGS` and waits (up to 60 s) for its first stdout line.
     pub fn start(args: &[&str]) -> ClusterProc {
+        ClusterProc::start_with_env(args, &[])
+    }
+
+    /// [`ClusterProc::start`] with `env` added to the process's environment (which the
+    /// nodes it starts inherit).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ClusterProc {
         let mut child = Command::new(BIN)
             .args(args)
+            .envs(env.iter().copied())
             // SHARDGATE_TEST_LOG=info (or any filter) shows more of what the processes do.
             .env("RUST_LOG", std::env::var("SHARDGATE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
@@ -204,6 +211,16 @@ impl ClusterProc {
 
     /// `shardgate up` with `servers` replicas on ports the OS picks, data in `dir`.
     pub fn up(servers: usize, dir: &Path, extra: &[&str]) -> ClusterProc {
+        ClusterProc::up_with_env(servers, dir, extra, &[])
+    }
+
+    /// [`ClusterProc::up`] with `env` added to the environment of `up` and its nodes.
+    pub fn up_with_env(
+        servers: usize,
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> ClusterProc {
         let dir = dir.to_str().expect("utf-8 temp dir");
         let n = servers.to_string();
         let mut args = vec![
@@ -218,7 +235,7 @@ impl ClusterProc {
             &n,
         ];
         args.extend_from_slice(extra);
-        ClusterProc::start(&args)
+        ClusterProc::start_with_env(&args, env)
     }
 
     /// An address from the first line (`http`, `manager`, `control`).
@@ -328,9 +345,16 @@ pub fn output_dir(test: &str) -> std::path::PathBuf {
 /// How many replicas of `shard` the router at `http` spreads reads over (its `/metrics`
 /// gauge `shardgate_db_shard_live_replicas`): every voter that is alive.
 pub async fn live_replicas(http: SocketAddr, shard: &str) -> Option<usize> {
+    let v = metric(http, &format!("shardgate_db_shard_live_replicas{{shard=\"{shard}\"}}")).await?;
+    usize::try_from(v).ok()
+}
+
+/// The value of `series` (name and labels, as `/metrics` writes them) in the balancer's
+/// `/metrics`; `None` if it cannot be fetched or has no such line.
+pub async fn metric(http: SocketAddr, series: &str) -> Option<u64> {
     let mut c = client::HttpClient::connect(http).await.ok()?;
     let metrics = String::from_utf8(c.request("GET", "/metrics", b"").await.ok()?.body).ok()?;
-    let prefix = format!("shardgate_db_shard_live_replicas{{shard=\"{shard}\"}} ");
+    let prefix = format!("{series} ");
     metrics.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
 }
 
