@@ -7,32 +7,43 @@
 //! write, and its heartbeat fails with the reason: the shard manager replaces it as it
 //! does a crashed node (a new primary among the others, the process restarted on its data,
 //! its logs recovered from the disk), and the restarted node, which inherits the same fail
-//! point, goes the same way a little later. Meanwhile a client writes one row at a time:
-//! the node is replaced (without the heartbeat's refusal it would run on for ever with
-//! poisoned logs) and every acknowledged row is there at the end.
+//! point, goes the same way a little later, and then waits (1 s) before its next start: it
+//! is in a loop. Meanwhile a client writes one row at a time: the node is replaced (without
+//! the heartbeat's refusal it would run on for ever with poisoned logs) and every
+//! acknowledged row is there at the end.
 #![cfg(feature = "failpoints")]
 
 mod common;
-
-#[path = "common/history.rs"]
-mod history;
-#[path = "common/workload.rs"]
-mod workload;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use client::{Db, DbOptions};
-use common::*;
-use workload::{config, row};
+use common::{metric, poll, ClusterProc};
+use serde_json::json;
 
 /// Syncs Server1's process makes before every later one fails.
 const SYNCS_BEFORE_THE_FAULT: u32 = 40;
 /// Replacements of Server1 the test waits for.
 const REPLACEMENTS: u64 = 2;
+/// How long the manager holds back the start of a replica unhealthy again soon after its
+/// restart, the first time (`SICK_HOLD` in lb/src/manager/health.rs).
+const SICK_HOLD: Duration = Duration::from_secs(1);
+/// Rows per shard (ids `0..SHARD` and `SHARD..2 * SHARD`).
+const SHARD: i64 = 100_000;
 /// Most rows written (and the longest the writing may take), whatever happens.
-const MAX_ROWS: i64 = 1500;
+const MAX_ROWS: i64 = 2 * SHARD;
 const MAX_WRITING: Duration = Duration::from_secs(120);
+
+/// Two shards on three servers, each server holding both.
+fn config() -> String {
+    json!({"N": 3,
+        "schema": {"columns": ["Stud_id", "Stud_name", "Stud_marks"], "dtypes": ["Number", "String", "String"]},
+        "shards": [{"Stud_id_low": 0, "Shard_id": "sh1", "Shard_size": SHARD},
+                   {"Stud_id_low": SHARD, "Shard_id": "sh2", "Shard_size": SHARD}],
+        "servers": {"Server1": ["sh1", "sh2"], "Server2": ["sh1", "sh2"], "Server3": ["sh1", "sh2"]}})
+    .to_string()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_fsync_fails_is_replaced_and_no_acknowledged_write_is_lost() {
@@ -53,9 +64,12 @@ async fn a_node_whose_fsync_fails_is_replaced_and_no_acknowledged_write_is_lost(
     let (mut acked, mut refused) = (BTreeSet::new(), 0usize);
     let started = Instant::now();
     let mut replaced = 0;
+    // When the first and the second replacement were seen.
+    let mut seen = [None, None];
     for i in 0..MAX_ROWS {
-        let key = if i % 2 == 0 { i / 2 } else { 1000 + i / 2 };
-        match db.write(&[row(key, &format!("r{i}"))]).await {
+        let key = if i % 2 == 0 { i / 2 } else { SHARD + i / 2 };
+        let row = json!({"Stud_id": key, "Stud_name": format!("r{i}"), "Stud_marks": "1"});
+        match db.write(&[row]).await {
             Ok(_) => {
                 acked.insert(key);
             }
@@ -64,6 +78,11 @@ async fn a_node_whose_fsync_fails_is_replaced_and_no_acknowledged_write_is_lost(
         }
         if i % 10 == 9 {
             replaced = restarts().await.unwrap_or(0);
+            for (n, at) in seen.iter_mut().enumerate() {
+                if replaced > n as u64 && at.is_none() {
+                    *at = Some(Instant::now());
+                }
+            }
             if replaced >= REPLACEMENTS || started.elapsed() > MAX_WRITING {
                 break;
             }
@@ -80,10 +99,14 @@ async fn a_node_whose_fsync_fails_is_replaced_and_no_acknowledged_write_is_lost(
         started.elapsed()
     );
     assert!(!acked.is_empty(), "no write was acknowledged");
+    // The second time came soon after the first restart: its start was held back.
+    let (Some(first), Some(second)) = (seen[0], seen[1]) else { unreachable!("seen above") };
+    let apart = second - first;
+    assert!(apart >= SICK_HOLD * 4 / 5, "replaced again only {apart:?} after the first time");
 
     // Every acknowledged row, read through each shard's primary.
     let mut found = BTreeSet::new();
-    for (low, high) in [(0, 999), (1000, 1999)] {
+    for (low, high) in [(0, SHARD - 1), (SHARD, 2 * SHARD - 1)] {
         let rows =
             poll(Duration::from_secs(30), || async { db.read_linearizable(low, high).await.ok() })
                 .await

@@ -4,7 +4,11 @@
 //! port refuses connections is dead at once: no process listens there any more (it crashed),
 //! so waiting out the dead-after time would only delay the failover. Nor is one that answers
 //! the heartbeat with an error (its log failed to sync: it can no longer make a write
-//! durable): it is replaced at once too, its restart recovering the log from the disk.
+//! durable): it is replaced at once too, its restart recovering the log from the disk. If
+//! it turns unhealthy again soon after that restart (a disk that keeps failing), each
+//! further restart waits longer (1 s, doubling up to 30 s; the sick process is stopped at
+//! once), as Kubernetes holds back a container in a crash loop: restarting it at full speed
+//! would only churn catch-up traffic.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +26,22 @@ use crate::spawner::Spawned;
 const RESPAWN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between two attempts to start a replica.
 const RESPAWN_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// An unhealthy replica replaced within this time of its previous restart for the same
+/// reason is in a loop: its next start is held back.
+const SICK_WINDOW: Duration = Duration::from_secs(30);
+/// The first hold of a replica unhealthy again soon after its restart; doubles with each
+/// repeat, up to [`SICK_HOLD_MAX`].
+const SICK_HOLD: Duration = Duration::from_secs(1);
+const SICK_HOLD_MAX: Duration = Duration::from_secs(30);
+
+/// How long the start of a replica waits when it is replaced for being unhealthy for the
+/// `repeat`-th time in a row soon after its previous restart (0: the first time).
+fn sick_hold(repeat: u32) -> Duration {
+    match repeat {
+        0 => Duration::ZERO,
+        n => SICK_HOLD.saturating_mul(1 << (n - 1).min(16)).min(SICK_HOLD_MAX),
+    }
+}
 
 /// Watches replica `name` until `watch` is cancelled (removed, or shutdown).
 pub(super) async fn watch_replica(
@@ -37,6 +57,9 @@ pub(super) async fn watch_replica(
     };
     let mut conn: Option<Connection> = None;
     let mut last_ok = Instant::now();
+    // When the replica last came back from being replaced as unhealthy, and how many such
+    // replacements in a row came soon after the previous one.
+    let (mut sick_since, mut sick_repeats): (Option<Instant>, u32) = (None, 0);
     loop {
         tokio::select! {
             _ = watch.cancelled() => return,
@@ -47,6 +70,7 @@ pub(super) async fn watch_replica(
             b = ping(&mut conn, spawned, opts) => b,
         };
         let silent = last_ok.elapsed();
+        let unhealthy = matches!(beat, Beat::Unhealthy(_));
         let reason = match beat {
             Beat::Answered => {
                 last_ok = Instant::now();
@@ -67,8 +91,24 @@ pub(super) async fn watch_replica(
             "replica dead; replacing it"
         );
         conn = None;
+        let hold = if unhealthy {
+            let soon = sick_since.is_some_and(|t| t.elapsed() < SICK_WINDOW);
+            sick_repeats = if soon { sick_repeats + 1 } else { 0 };
+            sick_hold(sick_repeats)
+        } else {
+            sick_repeats = 0;
+            Duration::ZERO
+        };
+        if !hold.is_zero() {
+            tracing::warn!(
+                replica = %name,
+                hold_ms = hold.as_millis() as u64,
+                repeats = sick_repeats,
+                "replica unhealthy again soon after its restart; holding back the next start"
+            );
+        }
         let started = Instant::now();
-        match replace(&m, &name, &watch).await {
+        match replace(&m, &name, &watch, hold).await {
             Some(s) => {
                 tracing::info!(
                     replica = %name,
@@ -79,6 +119,7 @@ pub(super) async fn watch_replica(
                 );
                 spawned = s;
                 last_ok = Instant::now();
+                sick_since = unhealthy.then(Instant::now);
             }
             None => return,
         }
@@ -131,9 +172,15 @@ async fn ping(conn: &mut Option<Connection>, s: Spawned, opts: ConnectOptions) -
     Beat::Missed
 }
 
-/// Kills what is left of `name` and starts it again, retrying with backoff, under the admin
-/// lock; `None` once the replica was removed or the manager stops.
-async fn replace(m: &Manager, name: &str, watch: &CancellationToken) -> Option<Spawned> {
+/// Kills what is left of `name` and starts it again (after `hold`, the process killed at
+/// once), retrying with backoff, each step under the admin lock; `None` once the replica was
+/// removed or the manager stops.
+async fn replace(
+    m: &Manager,
+    name: &str,
+    watch: &CancellationToken,
+    mut hold: Duration,
+) -> Option<Spawned> {
     let mut backoff = RESPAWN_BACKOFF;
     loop {
         let admin = tokio::select! {
@@ -144,24 +191,29 @@ async fn replace(m: &Manager, name: &str, watch: &CancellationToken) -> Option<S
             return None;
         }
         m.spawner.kill(name).await;
-        match m.spawner.spawn(name).await {
-            Ok(s) => {
-                if m.replaced(name, s, watch) {
-                    return Some(s);
+        if hold.is_zero() {
+            match m.spawner.spawn(name).await {
+                Ok(s) => {
+                    if m.replaced(name, s, watch) {
+                        return Some(s);
+                    }
+                    m.spawner.kill(name).await;
+                    return None;
                 }
-                m.spawner.kill(name).await;
-                return None;
+                Err(e) => {
+                    tracing::error!(replica = %name, error = %e, "cannot replace replica; retrying")
+                }
             }
-            Err(e) => {
-                tracing::error!(replica = %name, error = %e, "cannot replace replica; retrying")
-            }
+            hold = backoff;
+            backoff = (backoff * 2).min(RESPAWN_BACKOFF_MAX);
         }
+        // Admin operations go on while the start waits.
         drop(admin);
         tokio::select! {
             _ = watch.cancelled() => return None,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(hold) => {}
         }
-        backoff = (backoff * 2).min(RESPAWN_BACKOFF_MAX);
+        hold = Duration::ZERO;
     }
 }
 
@@ -224,6 +276,13 @@ mod tests {
             Beat::Unhealthy("replica is unhealthy: the log of shard sh1 failed".into())
         );
         cancel.cancel();
+    }
+
+    #[test]
+    fn a_replica_unhealthy_again_soon_waits_longer_each_time_up_to_the_cap() {
+        let holds: Vec<u64> = (0..8).map(|n| sick_hold(n).as_secs()).collect();
+        assert_eq!(holds, [0, 1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(sick_hold(u32::MAX), SICK_HOLD_MAX);
     }
 
     #[tokio::test]
