@@ -35,16 +35,6 @@ const SHARD: i64 = 100_000;
 const MAX_ROWS: i64 = 2 * SHARD;
 const MAX_WRITING: Duration = Duration::from_secs(120);
 
-/// Two shards on three servers, each server holding both.
-fn config() -> String {
-    json!({"N": 3,
-        "schema": {"columns": ["Stud_id", "Stud_name", "Stud_marks"], "dtypes": ["Number", "String", "String"]},
-        "shards": [{"Stud_id_low": 0, "Shard_id": "sh1", "Shard_size": SHARD},
-                   {"Stud_id_low": SHARD, "Shard_id": "sh2", "Shard_size": SHARD}],
-        "servers": {"Server1": ["sh1", "sh2"], "Server2": ["sh1", "sh2"], "Server3": ["sh1", "sh2"]}})
-    .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_fsync_fails_is_replaced_and_no_acknowledged_write_is_lost() {
     let dir = tempfile::tempdir().unwrap();
@@ -52,7 +42,7 @@ async fn a_node_whose_fsync_fails_is_replaced_and_no_acknowledged_write_is_lost(
     let up = ClusterProc::up_with_env(
         0,
         dir.path(),
-        &["--init", &config()],
+        &["--init", &common::two_shards(SHARD)],
         &[("SHARDGATE_FAILPOINTS_Server1", &fault)],
     );
     let options = DbOptions { request_timeout: Duration::from_secs(10), ..Default::default() };

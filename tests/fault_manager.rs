@@ -49,15 +49,6 @@ const DEAD_AFTER_MS: u64 = 500;
 /// (measured here: 0.2-0.6 s).
 const PRIMARY_BACK_WITHIN: Duration = Duration::from_secs(10);
 
-fn config() -> String {
-    json!({"N": 3,
-        "schema": {"columns": ["Stud_id", "Stud_name", "Stud_marks"], "dtypes": ["Number", "String", "String"]},
-        "shards": [{"Stud_id_low": 0, "Shard_id": "sh1", "Shard_size": WIDE},
-                   {"Stud_id_low": WIDE, "Shard_id": "sh2", "Shard_size": WIDE}],
-        "servers": {"Server1": ["sh1", "sh2"], "Server2": ["sh1", "sh2"], "Server3": ["sh1", "sh2"]}})
-    .to_string()
-}
-
 fn row(key: i64) -> Json {
     json!({"Stud_id": key, "Stud_name": format!("n{key}"), "Stud_marks": 1})
 }
@@ -313,7 +304,7 @@ async fn manager_kill9_during_elections_and_add_keeps_metadata_and_writes() {
         "--dead-after-ms",
         &DEAD_AFTER_MS.to_string(),
         "--init",
-        &config(),
+        &common::two_shards(WIDE),
     ]
     .iter()
     .map(|s| s.to_string())

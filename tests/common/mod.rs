@@ -349,6 +349,17 @@ pub async fn live_replicas(http: SocketAddr, shard: &str) -> Option<usize> {
     usize::try_from(v).ok()
 }
 
+/// The `/init` config of the fault tests: shards sh1 (`0..size`) and sh2 (`size..2 * size`),
+/// both on Server1, Server2 and Server3.
+pub fn two_shards(size: i64) -> String {
+    serde_json::json!({"N": 3,
+        "schema": {"columns": ["Stud_id", "Stud_name", "Stud_marks"], "dtypes": ["Number", "String", "String"]},
+        "shards": [{"Stud_id_low": 0, "Shard_id": "sh1", "Shard_size": size},
+                   {"Stud_id_low": size, "Shard_id": "sh2", "Shard_size": size}],
+        "servers": {"Server1": ["sh1", "sh2"], "Server2": ["sh1", "sh2"], "Server3": ["sh1", "sh2"]}})
+    .to_string()
+}
+
 /// The value of `series` (name and labels, as `/metrics` writes them) in the balancer's
 /// `/metrics`; `None` if it cannot be fetched or has no such line.
 pub async fn metric(http: SocketAddr, series: &str) -> Option<u64> {

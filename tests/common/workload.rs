@@ -17,12 +17,7 @@ use super::history::{History, Op, Outcome, Ret};
 /// The `/init` body of the fault tests: Server1..3 each hold both shards, sh1 (ids 0-999)
 /// and sh2 (1000-1999).
 pub fn config() -> String {
-    json!({"N": 3,
-        "schema": {"columns": ["Stud_id", "Stud_name", "Stud_marks"], "dtypes": ["Number", "String", "String"]},
-        "shards": [{"Stud_id_low": 0, "Shard_id": "sh1", "Shard_size": 1000},
-                   {"Stud_id_low": 1000, "Shard_id": "sh2", "Shard_size": 1000}],
-        "servers": {"Server1": ["sh1", "sh2"], "Server2": ["sh1", "sh2"], "Server3": ["sh1", "sh2"]}})
-    .to_string()
+    super::two_shards(1000)
 }
 
 /// A row of the default schema for `key` named `name`.
