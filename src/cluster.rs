@@ -225,7 +225,7 @@ async fn init_database(manager: &Arc<Manager>, init: &str) -> Result<(), String>
         path => std::fs::read_to_string(path)
             .map_err(|e| format!("--init {path}: cannot read the configuration: {e}"))?,
     };
-    let (status, answer) = manager.db_admin(lb::control::DbOp::Init, &body).await;
+    let (status, answer) = manager.db_admin(lb::control::AdminOp::Init, &body).await;
     if status != 200 {
         return Err(format!("--init: the configuration was refused ({status}): {answer}"));
     }

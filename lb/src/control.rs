@@ -102,7 +102,7 @@ pub enum ControlRequest {
     /// [`ControlResponse::Json`], which the router returns to its client as is.
     DbAdmin {
         /// Which endpoint.
-        op: DbOp,
+        op: AdminOp,
         /// The HTTP request body (JSON text; may be empty).
         body: String,
     },
@@ -116,9 +116,9 @@ pub enum ControlRequest {
     },
 }
 
-/// The database admin endpoints the manager serves through routers (the same list clients
-/// name on a router's binary door).
-pub use protocol::AdminOp as DbOp;
+/// The database admin endpoints the manager serves through routers: the same list clients
+/// name on a router's binary door.
+pub use protocol::AdminOp;
 
 /// What a router needs to route data: the catalog and where each server is.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

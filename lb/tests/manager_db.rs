@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use client::Connection;
-use lb::control::{CatalogView, ControlClient, ControlRequest, ControlResponse, DbOp};
+use lb::control::{AdminOp, CatalogView, ControlClient, ControlRequest, ControlResponse};
 use lb::manager::{Manager, ManagerConfig};
 use lb::spawner::{ProcessConfig, ProcessSpawner, Spawner};
 use protocol::{
@@ -131,17 +131,17 @@ impl Cluster {
     }
 
     /// A database admin call as a router forwards it: status and JSON body.
-    async fn admin(&self, op: DbOp, body: Json) -> (u16, Json) {
+    async fn admin(&self, op: AdminOp, body: Json) -> (u16, Json) {
         let (status, text) = self.admin_text(op, body).await;
         (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?}: {e}")))
     }
 
-    async fn admin_text(&self, op: DbOp, body: Json) -> (u16, String) {
+    async fn admin_text(&self, op: AdminOp, body: Json) -> (u16, String) {
         let body = if body.is_null() { String::new() } else { body.to_string() };
         self.admin_raw(op, &body).await
     }
 
-    async fn admin_raw(&self, op: DbOp, body: &str) -> (u16, String) {
+    async fn admin_raw(&self, op: AdminOp, body: &str) -> (u16, String) {
         let req = ControlRequest::DbAdmin { op, body: body.to_string() };
         match self.control.call(req, Duration::from_secs(120)).await.unwrap() {
             ControlResponse::Json { status, body } => (status, body),
@@ -158,7 +158,7 @@ impl Cluster {
     }
 
     async fn status(&self) -> Json {
-        let (code, body) = self.admin(DbOp::Status, Json::Null).await;
+        let (code, body) = self.admin(AdminOp::Status, Json::Null).await;
         assert_eq!(code, 200, "{body}");
         body
     }
@@ -364,7 +364,7 @@ async fn init_configures_every_node_and_elects_one_primary_per_shard() {
         })
     };
     let t = Instant::now();
-    let (code, text) = c.admin_text(DbOp::Init, default_config()).await;
+    let (code, text) = c.admin_text(AdminOp::Init, default_config()).await;
     println!("/init took {:?}", t.elapsed());
     let (v1, waited) = held.await.unwrap();
     assert!(v1.version > v0.version && waited < Duration::from_secs(5), "{waited:?}");
@@ -409,13 +409,13 @@ async fn init_configures_every_node_and_elects_one_primary_per_shard() {
     }
 
     // /init runs once; bad input changes nothing.
-    let (code, body) = c.admin(DbOp::Init, default_config()).await;
+    let (code, body) = c.admin(AdminOp::Init, default_config()).await;
     assert_eq!(code, 400);
     assert_eq!(body["status"], "failure");
     assert!(body["message"].as_str().unwrap().starts_with("<Error> "), "{body}");
-    let (code, body) = c.admin_text(DbOp::Init, json!({})).await;
+    let (code, body) = c.admin_text(AdminOp::Init, json!({})).await;
     assert_eq!(code, 400, "{body}");
-    let (code, body) = c.admin_raw(DbOp::Add, "{not json").await;
+    let (code, body) = c.admin_raw(AdminOp::Add, "{not json").await;
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("not valid JSON"), "{body}");
     assert_eq!(c.status().await, status);
@@ -425,7 +425,7 @@ async fn init_configures_every_node_and_elects_one_primary_per_shard() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_primary_is_replaced_and_comes_back_as_a_secondary() {
     let c = Cluster::start().await;
-    assert_eq!(c.admin(DbOp::Init, default_config()).await.0, 200);
+    assert_eq!(c.admin(AdminOp::Init, default_config()).await.0, 200);
     c.write("sh1", 0..200).await;
     c.write("sh2", 4096..4196).await;
     assert_eq!(c.primary("sh1").as_deref(), Some("Server0"));
@@ -453,12 +453,12 @@ async fn a_killed_primary_is_replaced_and_comes_back_as_a_secondary() {
     assert_eq!(status["shards"][0]["primary"], json!(p1));
     assert_eq!(status["shards"][1]["primary"], json!(p2));
     assert_eq!(c.manager.catalog().epoch_of("sh1"), 2);
-    let (code, body) = c.admin(DbOp::PrimaryElect, json!({"shard": "sh1"})).await;
+    let (code, body) = c.admin(AdminOp::PrimaryElect, json!({"shard": "sh1"})).await;
     assert_eq!((code, body), (200, json!({"message": {"sh1": p1}, "status": "success"})));
-    let (code, body) = c.admin(DbOp::PrimaryElect, Json::Null).await;
+    let (code, body) = c.admin(AdminOp::PrimaryElect, Json::Null).await;
     assert_eq!(code, 200);
     assert_eq!(body["message"].as_object().unwrap().len(), 4);
-    let (code, body) = c.admin(DbOp::PrimaryElect, json!({"shard": "sh9"})).await;
+    let (code, body) = c.admin(AdminOp::PrimaryElect, json!({"shard": "sh9"})).await;
     assert_eq!((code, body["status"].clone()), (400, json!("failure")));
 
     // The killed node is respawned under its name and catches up as a secondary.
@@ -479,7 +479,7 @@ async fn a_killed_primary_is_replaced_and_comes_back_as_a_secondary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_starts_new_shards_and_a_new_replica_ends_with_identical_rows() {
     let c = Cluster::start().await;
-    assert_eq!(c.admin(DbOp::Init, default_config()).await.0, 200);
+    assert_eq!(c.admin(AdminOp::Init, default_config()).await.0, 200);
     c.write("sh2", 4096..4596).await;
 
     // sh3 is written to all along: its new replica joins under load.
@@ -490,7 +490,7 @@ async fn add_starts_new_shards_and_a_new_replica_ends_with_identical_rows() {
         "new_shards": [{"Stud_id_low": 16384, "Shard_id": "sh5", "Shard_size": 4096}],
         "servers": {"Server7": ["sh3", "sh5"], "Server[5]": ["sh2", "sh5"]}});
     let t = Instant::now();
-    let (code, answer) = c.admin(DbOp::Add, body).await;
+    let (code, answer) = c.admin(AdminOp::Add, body).await;
     println!("/add took {:?}: {answer}", t.elapsed());
     assert_eq!(code, 200, "{answer}");
     // And a little longer, with Server7 a voter of sh3.
@@ -547,17 +547,17 @@ async fn add_starts_new_shards_and_a_new_replica_ends_with_identical_rows() {
 
     // The contract's errors; nothing changes.
     let (code, body) =
-        c.admin(DbOp::Add, json!({"n": 3, "servers": {"A1": ["sh1"], "A2": ["sh2"]}})).await;
+        c.admin(AdminOp::Add, json!({"n": 3, "servers": {"A1": ["sh1"], "A2": ["sh2"]}})).await;
     assert_eq!(
         (code, &body["message"]),
         (400, &json!("<Error> Number of new servers (n) is greater than newly added instances"))
     );
     assert_eq!(body["status"], "failure");
     let overlap = json!({"n": 1, "new_shards": [{"Stud_id_low": 100, "Shard_id": "sh9", "Shard_size": 5}], "servers": {"A1": ["sh9"]}});
-    let (code, body) = c.admin(DbOp::Add, overlap).await;
+    let (code, body) = c.admin(AdminOp::Add, overlap).await;
     assert_eq!(code, 400);
     assert!(body["message"].as_str().unwrap().contains("overlaps"), "{body}");
-    let (code, body) = c.admin(DbOp::Add, json!({"n": 1, "servers": {"A1": ["sh42"]}})).await;
+    let (code, body) = c.admin(AdminOp::Add, json!({"n": 1, "servers": {"A1": ["sh42"]}})).await;
     assert_eq!(code, 400);
     assert!(body["message"].as_str().unwrap().contains("sh42"), "{body}");
     assert_eq!(c.status().await, status);
@@ -567,12 +567,13 @@ async fn add_starts_new_shards_and_a_new_replica_ends_with_identical_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rm_of_a_primary_hands_its_shards_over_first() {
     let c = Cluster::start().await;
-    assert_eq!(c.admin(DbOp::Init, default_config()).await.0, 200);
+    assert_eq!(c.admin(AdminOp::Init, default_config()).await.0, 200);
     c.write("sh1", 0..300).await;
     c.write("sh2", 4096..4196).await;
 
-    let (code, body) =
-        c.admin(DbOp::Remove, json!({"n": 2, "servers": ["Server1", "Server4", "Server3"]})).await;
+    let (code, body) = c
+        .admin(AdminOp::Remove, json!({"n": 2, "servers": ["Server1", "Server4", "Server3"]}))
+        .await;
     assert_eq!(
         (code, body),
         (
@@ -580,16 +581,16 @@ async fn rm_of_a_primary_hands_its_shards_over_first() {
             json!({"message": "<Error> Length of server list is more than removable instances", "status": "failure"})
         )
     );
-    let (code, body) = c.admin(DbOp::Remove, json!({"n": 1, "servers": ["Nope"]})).await;
+    let (code, body) = c.admin(AdminOp::Remove, json!({"n": 1, "servers": ["Nope"]})).await;
     assert_eq!(code, 400);
     assert!(body["message"].as_str().unwrap().contains("Nope"), "{body}");
     let last = json!({"n": 3, "servers": ["Server0", "Server3", "Server5"]});
-    let (code, body) = c.admin(DbOp::Remove, last).await;
+    let (code, body) = c.admin(AdminOp::Remove, last).await;
     assert_eq!(code, 400);
     assert!(body["message"].as_str().unwrap().contains("last replica of shard sh1"), "{body}");
 
     let t = Instant::now();
-    let (code, body) = c.admin(DbOp::Remove, json!({"n": 1, "servers": ["Server0"]})).await;
+    let (code, body) = c.admin(AdminOp::Remove, json!({"n": 1, "servers": ["Server0"]})).await;
     println!("/rm of the primary of sh1 and sh2 took {:?}", t.elapsed());
     assert_eq!(
         (code, body),
@@ -612,7 +613,7 @@ async fn rm_of_a_primary_hands_its_shards_over_first() {
     assert_eq!(names, ["Server4", "Server6"]);
 
     // A random second server goes with a named one.
-    let (code, body) = c.admin(DbOp::Remove, json!({"n": 2, "servers": ["Server1"]})).await;
+    let (code, body) = c.admin(AdminOp::Remove, json!({"n": 2, "servers": ["Server1"]})).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["message"]["N"], 3);
     assert_eq!(body["message"]["servers"][0], "Server1");
@@ -631,7 +632,7 @@ async fn rm_of_a_primary_hands_its_shards_over_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_manager_resumes_where_it_was() {
     let c = Cluster::start().await;
-    assert_eq!(c.admin(DbOp::Init, default_config()).await.0, 200);
+    assert_eq!(c.admin(AdminOp::Init, default_config()).await.0, 200);
     c.write("sh1", 0..100).await;
     c.write("sh3", 8192..8292).await;
     let status = c.status().await;
@@ -686,7 +687,7 @@ impl Drop for NoRespawn {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_without_a_majority_stays_primary_less_until_its_replicas_return() {
     let c = Cluster::start().await;
-    assert_eq!(c.admin(DbOp::Init, default_config()).await.0, 200);
+    assert_eq!(c.admin(AdminOp::Init, default_config()).await.0, 200);
     c.write("sh1", 0..100).await;
     let data = c.dir.as_ref().unwrap().path().to_path_buf();
     // sh1 lives on Server0 (primary), Server3 and Server5: two of three go and stay away.
@@ -703,7 +704,7 @@ async fn a_shard_without_a_majority_stays_primary_less_until_its_replicas_return
     assert_eq!(c.primary("sh3").as_deref(), Some("Server1"));
     c.write("sh3", 8192..8200).await;
     // sh1 has no majority: no primary, and asking for one says why.
-    let (code, body) = c.admin(DbOp::PrimaryElect, json!({"shard": "sh1"})).await;
+    let (code, body) = c.admin(AdminOp::PrimaryElect, json!({"shard": "sh1"})).await;
     assert_eq!(code, 503, "{body}");
     let msg = body["message"].as_str().unwrap();
     assert!(msg.starts_with("<Error> ") && msg.contains("majority"), "{msg}");

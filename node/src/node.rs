@@ -48,7 +48,12 @@ impl Node {
                 continue;
             }
             let shard = Shard::open(&dir, name, opts.clone())?;
-            tracing::info!(shard = shard.id(), rows = shard.row_count(), "shard recovered");
+            tracing::info!(
+                shard = shard.id(),
+                rows = shard.row_count(),
+                unapplied = shard.unapplied(),
+                "shard recovered"
+            );
             shards.insert(shard.id().to_string(), Arc::new(shard));
         }
         Ok(Node {

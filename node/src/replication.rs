@@ -96,7 +96,11 @@ impl Shard {
             core.after_append(lsn);
         }
         core.advance();
-        tracing::info!(shard = %core.id, epoch = req.epoch, "promoted to primary");
+        if already {
+            tracing::info!(shard = %core.id, epoch = req.epoch, "primary's replica set updated");
+        } else {
+            tracing::info!(shard = %core.id, epoch = req.epoch, "promoted to primary");
+        }
         Ok(Response::Replica(info))
     }
 

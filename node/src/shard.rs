@@ -737,6 +737,12 @@ impl Shard {
         self.core.lock_state().rows.len() as u64
     }
 
+    /// Logged changes not applied yet: on a replicated shard just opened, every record past
+    /// the checkpoint, applied once a primary's commit LSN covers it.
+    pub fn unapplied(&self) -> usize {
+        self.core.lock_state().pending.len()
+    }
+
     /// Every applied row, in key order.
     pub fn all_rows(&self) -> Vec<Row> {
         self.core.lock_state().rows.values().cloned().collect()

@@ -21,7 +21,7 @@ use super::election::{live_addr, EpochChange, Promoted, Ties};
 use super::nodes::Nodes;
 use super::Manager;
 use crate::catalog::{Catalog, CatalogEvent, Refusal};
-use crate::control::{CatalogView, DbOp, ServerView};
+use crate::control::{AdminOp, CatalogView, ServerView};
 use crate::members::{self, SIX_DIGITS};
 
 /// Longest a catalog watch is held before it is answered unchanged.
@@ -201,20 +201,20 @@ impl Manager {
     }
 
     /// A database admin endpoint: HTTP status and JSON body, as the router returns them.
-    pub async fn db_admin(self: &Arc<Self>, op: DbOp, body: &str) -> (u16, String) {
+    pub async fn db_admin(self: &Arc<Self>, op: AdminOp, body: &str) -> (u16, String) {
         if self.is_stopping() {
             return failure(&ErrorBody::unavailable("the shard manager is shutting down"));
         }
         let result = match op {
-            DbOp::Status => Ok(self.catalog().status_json()),
+            AdminOp::Status => Ok(self.catalog().status_json()),
             _ => match parse_body(body) {
                 Err(e) => Err(e),
                 Ok(json) => match op {
-                    DbOp::Init => self.db_init(&json).await,
-                    DbOp::Add => self.db_add(&json).await,
-                    DbOp::Remove => self.db_remove(&json).await,
-                    DbOp::PrimaryElect => self.db_primary_elect(&json).await,
-                    DbOp::Status => unreachable!("answered above"),
+                    AdminOp::Init => self.db_init(&json).await,
+                    AdminOp::Add => self.db_add(&json).await,
+                    AdminOp::Remove => self.db_remove(&json).await,
+                    AdminOp::PrimaryElect => self.db_primary_elect(&json).await,
+                    AdminOp::Status => unreachable!("answered above"),
                 },
             },
         };

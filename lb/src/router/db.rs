@@ -29,7 +29,7 @@ use serde_json::{json, Value as Json};
 use super::db_table::DbTable;
 use super::http::{json_response, HttpResponse};
 use super::Router;
-use crate::control::{ControlRequest, ControlResponse, DbOp};
+use crate::control::{AdminOp, ControlRequest, ControlResponse};
 
 /// Limit on reading one shard for `/read/<server>` (whole shards, and the node may first wait
 /// to catch up with the LSN floor).
@@ -37,11 +37,11 @@ const SERVER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 
 /// Whether a stage-1 `/add` or `/rm` body is rather the database form: `/add` with a
 /// `servers` object, `/rm` with a `servers` field.
-pub(super) fn is_db_form(op: DbOp, body: &[u8]) -> bool {
+pub(super) fn is_db_form(op: AdminOp, body: &[u8]) -> bool {
     let Ok(v) = serde_json::from_slice::<Json>(body) else { return false };
     match (op, v.get("servers")) {
-        (DbOp::Add, Some(s)) => s.is_object(),
-        (DbOp::Remove, Some(_)) => true,
+        (AdminOp::Add, Some(s)) => s.is_object(),
+        (AdminOp::Remove, Some(_)) => true,
         _ => false,
     }
 }
@@ -51,7 +51,7 @@ pub(super) fn is_db_form(op: DbOp, body: &[u8]) -> bool {
 /// client's next request already routes by it.
 pub(super) async fn admin(
     router: &Router,
-    op: DbOp,
+    op: AdminOp,
     body: &[u8],
 ) -> Result<HttpResponse, ErrorBody> {
     let body = String::from_utf8(body.to_vec())
@@ -68,7 +68,7 @@ pub(super) async fn admin(
 /// routes by it.
 pub(super) async fn admin_call(
     router: &Router,
-    op: DbOp,
+    op: AdminOp,
     body: String,
 ) -> Result<(u16, String), ErrorBody> {
     let answer = router
@@ -80,7 +80,7 @@ pub(super) async fn admin_call(
             "the shard manager answered {op:?} with {answer:?}"
         )));
     };
-    if (200..300).contains(&status) && op != DbOp::Status {
+    if (200..300).contains(&status) && op != AdminOp::Status {
         if let Err(e) = router.fetch_catalog().await {
             tracing::warn!(error = %e.message, ?op, "cannot fetch the catalog after an admin call; the watch will bring it");
         }
@@ -520,13 +520,13 @@ mod tests {
 
     #[test]
     fn the_database_forms_of_add_and_rm_are_told_apart() {
-        assert!(is_db_form(DbOp::Add, br#"{"n": 2, "servers": {"Server4": ["sh1"]}}"#));
-        assert!(!is_db_form(DbOp::Add, br#"{"n": 2, "hostnames": ["S5"]}"#));
-        assert!(!is_db_form(DbOp::Add, br#"{"n": 2, "servers": ["S5"]}"#));
-        assert!(is_db_form(DbOp::Remove, br#"{"n": 2, "servers": ["Server4"]}"#));
-        assert!(is_db_form(DbOp::Remove, br#"{"n": 1, "servers": []}"#));
-        assert!(!is_db_form(DbOp::Remove, br#"{"n": 2, "hostnames": ["S5"]}"#));
-        assert!(!is_db_form(DbOp::Remove, b"not json"));
+        assert!(is_db_form(AdminOp::Add, br#"{"n": 2, "servers": {"Server4": ["sh1"]}}"#));
+        assert!(!is_db_form(AdminOp::Add, br#"{"n": 2, "hostnames": ["S5"]}"#));
+        assert!(!is_db_form(AdminOp::Add, br#"{"n": 2, "servers": ["S5"]}"#));
+        assert!(is_db_form(AdminOp::Remove, br#"{"n": 2, "servers": ["Server4"]}"#));
+        assert!(is_db_form(AdminOp::Remove, br#"{"n": 1, "servers": []}"#));
+        assert!(!is_db_form(AdminOp::Remove, br#"{"n": 2, "hostnames": ["S5"]}"#));
+        assert!(!is_db_form(AdminOp::Remove, b"not json"));
     }
 
     #[test]

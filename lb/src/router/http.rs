@@ -23,7 +23,7 @@ use super::db;
 use super::fronts::Fronts;
 use super::proxy::Outgoing;
 use super::{ring_capacity, Router};
-use crate::control::{ControlRequest, DbOp, Membership};
+use crate::control::{AdminOp, ControlRequest, Membership};
 use crate::key::RequestFacts;
 
 /// Largest request (and forwarded answer) body accepted; a larger request gets 413.
@@ -234,17 +234,17 @@ async fn route(
     };
     let body_ref = &body;
     let admin =
-        |op: DbOp| async move { (db::admin(router, op, body_ref).await, Some(op.endpoint())) };
+        |op: AdminOp| async move { (db::admin(router, op, body_ref).await, Some(op.endpoint())) };
     let (result, endpoint) = match path {
         "/rep" => (Ok(rep(router)), None),
         "/metrics" => (Ok(metrics(router)), None),
-        "/add" if db::is_db_form(DbOp::Add, &body) => admin(DbOp::Add).await,
-        "/rm" if db::is_db_form(DbOp::Remove, &body) => admin(DbOp::Remove).await,
+        "/add" if db::is_db_form(AdminOp::Add, &body) => admin(AdminOp::Add).await,
+        "/rm" if db::is_db_form(AdminOp::Remove, &body) => admin(AdminOp::Remove).await,
         "/add" => (add(router, &body).await, None),
         "/rm" => (rm(router, &body).await, None),
-        "/init" => admin(DbOp::Init).await,
-        "/status" => admin(DbOp::Status).await,
-        "/primary_elect" => admin(DbOp::PrimaryElect).await,
+        "/init" => admin(AdminOp::Init).await,
+        "/status" => admin(AdminOp::Status).await,
+        "/primary_elect" => admin(AdminOp::PrimaryElect).await,
         "/read" => (db::read(router, &body, key()).await, Some("read")),
         "/write" => (db::write(router, &body, key()).await, Some("write")),
         "/update" => (db::update(router, &body).await, Some("update")),

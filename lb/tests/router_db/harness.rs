@@ -13,8 +13,8 @@ use client::Connection;
 use futures::{SinkExt, StreamExt};
 use lb::catalog::{Catalog, ShardRange};
 use lb::control::{
-    CatalogView, ControlRequest, ControlRequestFrame, ControlResponse, ControlResponseFrame, DbOp,
-    Member, Membership, ServerView,
+    AdminOp, CatalogView, ControlRequest, ControlRequestFrame, ControlResponse,
+    ControlResponseFrame, Member, Membership, ServerView,
 };
 use lb::router::{Router, RouterConfig};
 use node::{NodeConfig, NodeServer, ShardOptions};
@@ -101,17 +101,17 @@ pub struct FakeManager {
     pub addr: SocketAddr,
     view: Arc<watch::Sender<CatalogView>>,
     /// Every database admin call: the endpoint and the body text.
-    pub admin_log: Arc<Mutex<Vec<(DbOp, String)>>>,
+    pub admin_log: Arc<Mutex<Vec<(AdminOp, String)>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 /// The fake's answer to a database admin call: a refusal when the body asks for one,
 /// otherwise a body that names the call, with unusual spacing (to see it passed on as is).
-pub fn fake_admin_answer(op: DbOp, body: &str) -> (u16, String) {
+pub fn fake_admin_answer(op: AdminOp, body: &str) -> (u16, String) {
     if body.contains("\"fail\"") {
         return (400, r#"{"message": "<Error> refused by the fake", "status": "failure"}"#.into());
     }
-    if op == DbOp::Status {
+    if op == AdminOp::Status {
         // With the schema, as the real /status has it (the binary client reads it there).
         return (
             200,
@@ -164,7 +164,7 @@ impl Drop for FakeManager {
 async fn serve_conn(
     stream: tokio::net::TcpStream,
     view: Arc<watch::Sender<CatalogView>>,
-    log: Arc<Mutex<Vec<(DbOp, String)>>>,
+    log: Arc<Mutex<Vec<(AdminOp, String)>>>,
 ) {
     let mut framed = protocol::framed(stream);
     if protocol::server_handshake(&mut framed, "fake-manager").await.is_err() {
