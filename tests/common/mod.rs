@@ -322,14 +322,15 @@ pub fn listening_addrs(pid: u32) -> Vec<SocketAddr> {
 }
 
 /// The HTTP address of the live `shardgate node --name NAME` under `root`: the one of its
-/// listening ports that answers `GET /heartbeat` with 200.
+/// listening ports that answers `GET /heartbeat` over HTTP (200, or 500 from a node whose
+/// log has failed; the binary door answers no HTTP).
 pub async fn node_http(root: u32, name: &str) -> Option<SocketAddr> {
     let pid = node_pid(root, name)?;
     let probes = listening_addrs(pid).into_iter().map(|a| async move {
         let probe =
             tokio::time::timeout(Duration::from_secs(2), try_http(a, "GET", "/heartbeat", None))
                 .await;
-        matches!(probe, Ok(Ok((200, _)))).then_some(a)
+        matches!(probe, Ok(Ok((200 | 500, _)))).then_some(a)
     });
     futures::future::join_all(probes).await.into_iter().flatten().next()
 }
