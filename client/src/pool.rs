@@ -58,7 +58,25 @@ impl Pool {
         let conn =
             Connection::connect_with(addr, &self.inner.peer_name, self.inner.options).await?;
         *cached = Some(conn.clone());
+        drop(cached);
+        self.sweep();
         Ok(conn)
+    }
+
+    /// How many server addresses the pool remembers.
+    pub fn addresses(&self) -> usize {
+        self.lock_slots().len()
+    }
+
+    /// Forgets every address whose connection has closed (or never opened) and that no
+    /// caller is using right now. Run after each new connection: a server replaced under a
+    /// new address (a respawned node gets a new port) would otherwise leave its slot behind
+    /// for good, since nobody asks for that address again.
+    fn sweep(&self) {
+        self.lock_slots().retain(|_, slot| {
+            Arc::strong_count(slot) > 1
+                || slot.try_lock().is_ok_and(|c| c.as_ref().is_some_and(|c| !c.is_closed()))
+        });
     }
 
     /// Forgets the connection to `addr`, e.g. when that server left the cluster. Callers still

@@ -91,3 +91,33 @@ async fn a_failed_connect_is_not_remembered() {
     assert_eq!(conn.server_name(), "Server2");
     assert_eq!(server.accepts(), 1);
 }
+
+#[tokio::test]
+async fn addresses_whose_connection_closed_are_forgotten_on_the_next_connect() {
+    let gone = TestServer::start(Config::new("Server1").decide(|req| match req {
+        Request::Heartbeat => Action::Hangup,
+        _ => Action::Answer,
+    }))
+    .await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let never = listener.local_addr().expect("addr");
+    drop(listener);
+    let pool = Pool::new("lb");
+    let first = pool.get(gone.addr).await.expect("get");
+    let result = timeout(DEADLINE, first.call(Request::Heartbeat)).await.expect("hung");
+    assert!(matches!(result, Err(CallError::Disconnected)), "{result:?}");
+    assert!(timeout(DEADLINE, pool.get(never)).await.expect("get hung").is_err());
+    assert_eq!(pool.addresses(), 2, "both addresses are remembered until a connect");
+
+    // A server under a new address (as a respawned node gets): connecting to it drops the
+    // closed connection's address and the one that never connected, not the open one.
+    let replacement = TestServer::start(Config::new("Server1")).await;
+    let open = TestServer::start(Config::new("Server2")).await;
+    let kept = pool.get(open.addr).await.expect("get");
+    assert_eq!(pool.addresses(), 1, "the dead addresses are still remembered");
+    pool.get(replacement.addr).await.expect("get");
+    assert_eq!(pool.addresses(), 2);
+    let again = pool.get(open.addr).await.expect("get");
+    assert_eq!(again.local_addr(), kept.local_addr(), "an open connection was dropped");
+    assert_eq!(open.accepts(), 1);
+}
