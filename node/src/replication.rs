@@ -44,10 +44,15 @@ impl Shard {
     pub fn promote(&self, req: &PromoteReq) -> Result<Response, ErrorBody> {
         let core = &self.core;
         let mut st = core.lock_state();
-        if req.epoch < st.meta.epoch {
+        let already = req.epoch == st.meta.epoch && matches!(st.meta.role, Role::Primary { .. });
+        // The epoch it already holds only if this process adopted it (an election: adopt,
+        // then promote) or leads it (a replica set update). A restarted process holding the
+        // epoch from its files may have led it before and lost its log's tail since: a new
+        // barrier would take a position of that epoch that others hold (shard.rs notes).
+        let adopted_here = st.adopted == Some(req.epoch);
+        if req.epoch < st.meta.epoch || (req.epoch == st.meta.epoch && !already && !adopted_here) {
             return Err(stale(&core.id, st.meta.epoch, req.epoch));
         }
-        let already = req.epoch == st.meta.epoch && matches!(st.meta.role, Role::Primary { .. });
         // Another primary may hold a lease unless this one led the epoch just before (one
         // primary per epoch) or there was none before it.
         let succeeds_itself =
@@ -307,6 +312,7 @@ impl Core {
         if newer {
             // Nothing past the commit LSN is known to match the new primary's log yet.
             st.matched_lsn = st.commit_lsn;
+            st.adopted = Some(epoch);
         }
         self.bump_generation(st);
         Ok(())

@@ -34,6 +34,10 @@
 //!   which can only be uncommitted (the primary holds every committed record, and records
 //!   with the same LSN and epoch are the same record).
 //! - Nothing past the commit LSN is ever applied, so a cut never has to undo rows.
+//! - A replica that starts is never primary, whatever `shard.json` remembers: it takes no
+//!   write and serves no linearizable read until promoted at an epoch newer than the one it
+//!   had (a lost log tail would otherwise be overwritten at positions of its old epoch that
+//!   the others hold committed, and log matching would accept the fork).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -303,6 +307,9 @@ pub(crate) struct State {
     pub lease: crate::lease::Lease,
     /// Request ids of the logged changes (see [`Seen`]).
     pub seen: Seen,
+    /// The epoch this process adopted last (not one read from `shard.json` at start): the
+    /// only epoch already held at which it may still be promoted.
+    pub adopted: Option<Epoch>,
 }
 
 impl State {
@@ -440,6 +447,15 @@ impl Shard {
         }
         let standalone = meta.role == Role::Standalone;
         let id = meta.spec.shard_id.clone();
+        let mut meta = meta;
+        if let Role::Primary { .. } = meta.role {
+            // A node that starts is never primary (DESIGN.md "Failover"): its log may have
+            // lost a tail that its peers hold as committed records of this very epoch, and a
+            // write logged now would take such a position. It waits, as a secondary of no one,
+            // for the manager's next epoch (`promote` refuses this one again). Covered by
+            // node/tests/fault_disk.rs (a_restarted_primary_with_a_lost_tail_...).
+            meta.role = Role::Secondary { primary: None };
+        }
         let mut st = State {
             meta,
             rows,
@@ -460,6 +476,7 @@ impl Shard {
             generation: 0,
             lease: Default::default(),
             seen: Seen::default(),
+            adopted: None,
         };
         st.visible_count = st.rows.len() as u64;
         if wal.last().0 >= wal.first_lsn() {

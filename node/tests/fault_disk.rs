@@ -522,6 +522,88 @@ async fn torn_and_flipped_tails_are_cut_at_start_and_caught_up_from_the_primary(
     }
 }
 
+/// DESIGN.md "Failover": a node that starts is never primary of anything until the manager
+/// gives it a new epoch. Here the primary's own log loses its last record (torn) while it is
+/// down; restarted, it is reached (as a router that still names it would) before any
+/// election. Had it taken the write, it would have logged it at the position where the
+/// others hold the lost, committed record of the same epoch; the next primary's log matching
+/// (same LSN, same epoch) would have accepted the fork, and the largest-log election could
+/// even pick it (equal logs, first in order), losing an acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_primary_with_a_lost_tail_takes_no_write_until_a_new_epoch() {
+    let _serial = serial();
+    let mut m = three_in_process().await;
+    configure(&m.iter().collect::<Vec<_>>()).await;
+    assert_eq!(elect(&m.iter().collect::<Vec<_>>(), &[0, 1, 2], 1).await, 0);
+    let mut model = BTreeMap::new();
+    let mut next = 0i64;
+    loop {
+        write_all(&m[0], next..next + 5, &mut model).await;
+        next += 5;
+        let seg = segments(&m[0].wal_dir()).pop().unwrap();
+        let recs = records(&seg);
+        if recs.len() >= 4 && recs[recs.len() - 2].at >= 8192 {
+            break;
+        }
+    }
+    converge(&m.iter().collect::<Vec<_>>(), &model).await;
+    let before = m[0].info().await.last_lsn;
+    m[0].crash().await;
+    let keep = damage_tail(&m[0].wal_dir(), Damage::Torn);
+    m[0].try_start().await.unwrap();
+    let restarted = m[0].info().await;
+    assert!(
+        restarted.last_lsn <= keep && keep < before,
+        "the torn tail was not cut: {restarted:?}"
+    );
+    assert!(
+        !matches!(restarted.role, protocol::Role::Primary { .. }),
+        "a restarted node reports itself primary: {restarted:?}"
+    );
+
+    // A write and a linearizable read at the restarted primary, before any election.
+    let y = 1_000_000;
+    match m[0].write(&[y]).await {
+        Err(CallError::Remote(e)) if matches!(e.kind, protocol::ErrorKind::NotPrimary { .. }) => {}
+        other => panic!("the restarted primary did not refuse a write at its old epoch: {other:?}"),
+    }
+    let read = m[0]
+        .call(Request::Read(ReadReq {
+            shard: SHARD.into(),
+            low: 0,
+            high: i64::MAX,
+            min_lsn: 0,
+            consistency: protocol::Consistency::Linearizable,
+        }))
+        .await;
+    assert!(read.is_err(), "the restarted primary answered a linearizable read: {read:?}");
+    // Nor does a promotion at the epoch it already had make it primary again: that would
+    // put a new barrier at a position of the same epoch too.
+    let same = m[0]
+        .call(Request::Promote(PromoteReq {
+            shard: SHARD.into(),
+            epoch: 1,
+            voters: m.iter().map(|x| x.replica()).collect(),
+            learners: vec![],
+            quorum: Quorum::Majority,
+        }))
+        .await;
+    assert!(same.is_err(), "a restarted node was promoted again at its old epoch: {same:?}");
+
+    // The next election finds every acknowledged write, and the old primary converges.
+    let p = elect(&m.iter().collect::<Vec<_>>(), &[0, 1, 2], 2).await;
+    assert_ne!(p, 0, "the replica that lost its tail won the election");
+    write_all(&m[p], next..next + 3, &mut model).await;
+    converge(&m.iter().collect::<Vec<_>>(), &model).await;
+    eprintln!(
+        "fault_disk: restarted primary: log ended at {before}, recovered to {}, refused the write; {} won epoch 2",
+        restarted.last_lsn, m[p].name
+    );
+    for x in &mut m {
+        x.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corruption_inside_a_sealed_segment_stops_the_replica_and_the_shard_serves_on() {
     let _serial = serial();

@@ -7,7 +7,7 @@
 //! and supervisor rounds (`supervisor`) run one at a time under the `ops` lock; the catalog
 //! itself sits behind a short lock that readers (the view, `/status`) take briefly.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use serde_json::{json, Value as Json};
 use tokio::sync::{watch, Notify};
 
 use super::catalog_log::{CatalogLog, MemberEvent};
-use super::election::{live_addr, EpochChange, Promoted, Ties};
+use super::election::{live_addr, EpochChange, Previous, Promoted, Ties};
 use super::nodes::Nodes;
 use super::Manager;
 use crate::catalog::{Catalog, CatalogEvent, Refusal};
@@ -29,11 +29,6 @@ pub const MAX_CATALOG_WAIT: Duration = Duration::from_secs(5);
 /// How long `/add` waits for new servers of existing shards to catch up and become voters
 /// before it answers (they keep catching up afterwards; routers read only from voters).
 pub const ADD_CATCH_UP_WAIT: Duration = Duration::from_secs(30);
-/// How long `/rm` of a primary waits for the first commit of the epoch that drops it from
-/// the voters before the remaining replicas elect its successor.
-const HANDOVER_WAIT: Duration = Duration::from_secs(10);
-/// Poll interval while waiting for replicas.
-const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Most epoch changes `/rm` makes for one shard.
 const MAX_HANDOVER_STEPS: usize = 32;
 
@@ -296,19 +291,26 @@ impl Manager {
         self.persist(ev)?;
         self.round(&mut rt).await;
         drop(rt);
-        self.wait_for_voters(&added, ADD_CATCH_UP_WAIT).await;
+        self.wait_for_voters(&added, ADD_CATCH_UP_WAIT).await?;
         let n = self.catalog().servers.len();
         Ok(json!({"N": n, "message": message, "status": "successful"}))
     }
 
-    /// Waits until every server of `added` is a voter of each of its shards (and the shard
-    /// has its primary again), or `limit`.
-    async fn wait_for_voters(&self, added: &[(String, Vec<ShardId>)], limit: Duration) {
+    /// Waits until every server of `added` is a voter of each of its shards, in an epoch
+    /// that has its primary and is committed by a majority of its voters (so a voter change
+    /// right after `/add` starts from a committed one; election.rs, "Voter changes"); fails
+    /// after `limit` (the servers stay, as learners until they have caught up).
+    async fn wait_for_voters(
+        &self,
+        added: &[(String, Vec<ShardId>)],
+        limit: Duration,
+    ) -> Result<(), ErrorBody> {
         let deadline = tokio::time::Instant::now() + limit;
         let mut rx = self.db.view.subscribe();
+        let shards: BTreeSet<ShardId> = added.iter().flat_map(|(_, s)| s.iter().cloned()).collect();
         loop {
             let cat = self.catalog();
-            let pending: Vec<String> = added
+            let mut pending: Vec<String> = added
                 .iter()
                 .flat_map(|(n, shards)| {
                     let cat = &cat;
@@ -322,17 +324,39 @@ impl Manager {
                 })
                 .collect();
             if pending.is_empty() {
-                return;
+                let promoted: Vec<(ShardId, Option<Promoted>)> = {
+                    let rt = self.db.ops.lock().await;
+                    shards.iter().map(|s| (s.clone(), rt.promoted.get(s).cloned())).collect()
+                };
+                for (s, p) in promoted {
+                    let committed = match &p {
+                        Some(p) if p.epoch == cat.epoch_of(&s) => {
+                            self.epoch_committed(&s, p).await.unwrap_or(false)
+                        }
+                        _ => false,
+                    };
+                    if !committed {
+                        pending.push(format!("{s} (epoch {} not committed)", cat.epoch_of(&s)));
+                    }
+                }
+            }
+            if pending.is_empty() {
+                return Ok(());
             }
             self.db.kick.notify_one();
             tokio::select! {
                 _ = rx.changed() => {}
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                 _ = tokio::time::sleep_until(deadline) => {
-                    tracing::warn!(pending = ?pending, "new replicas still catching up; /add answers now");
-                    return;
+                    return Err(ErrorBody::unavailable(format!(
+                        "the servers were added, but not every one is a voter of its shards yet \
+                         after {limit:?}: {}; they keep catching up (see /status)",
+                        pending.join(", ")
+                    )));
                 }
-                _ = self.cancel.cancelled() => return,
+                _ = self.cancel.cancelled() => {
+                    return Err(ErrorBody::unavailable("the shard manager is shutting down"));
+                }
             }
         }
     }
@@ -390,32 +414,37 @@ impl Manager {
                     continue;
                 }
                 let p = rt.promoted[shard].clone();
-                let change = |new_voters: Option<Vec<String>>, keep: Option<String>| EpochChange {
-                    shard: shard.to_string(),
-                    new_voters,
-                    keep,
-                    exclude: out.to_vec(),
-                    removing: out.to_vec(),
-                    ties: Ties::Avoid(p.primary.clone()),
-                };
-                if let Some(x) = voters.iter().find(|v| out.contains(v) && **v != p.primary) {
+                // Each voter dropped in its own epoch, and each of those committed before the
+                // next starts and before `/rm` answers (election.rs, "Voter changes").
+                let dropped = voters
+                    .iter()
+                    .find(|v| out.contains(v) && **v != p.primary)
+                    .or_else(|| voters.iter().find(|v| out.contains(v)));
+                if let Some(x) = dropped {
                     let keep: Vec<String> = voters.iter().filter(|v| *v != x).cloned().collect();
-                    let r = self.change_epoch(change(Some(keep), Some(p.primary.clone()))).await;
-                    self.record(rt, shard, r)?;
+                    let ties = Ties::Avoid(p.primary.clone());
+                    let r = self.change_voters(shard, &p, keep, Previous::Wait, out, ties).await;
+                    let r = r.and_then(|np| {
+                        np.ok_or_else(|| ErrorBody::internal("a waiting voter change skipped"))
+                    });
+                    let np = self.record(rt, shard, r)?;
+                    self.wait_committed(shard, &np).await?;
                     continue;
                 }
                 if !out.contains(&p.primary) {
                     break;
                 }
-                if voters.contains(&p.primary) {
-                    let keep: Vec<String> =
-                        voters.iter().filter(|v| **v != p.primary).cloned().collect();
-                    let r = self.change_epoch(change(Some(keep), Some(p.primary.clone()))).await;
-                    let np = self.record(rt, shard, r)?;
-                    self.wait_committed(shard, &np).await?;
-                    continue;
-                }
-                let r = self.change_epoch(change(None, None)).await;
+                // The primary is no voter any more: the remaining voters elect its successor.
+                let r = self
+                    .change_epoch(EpochChange {
+                        shard: shard.to_string(),
+                        new_voters: None,
+                        keep: None,
+                        exclude: out.to_vec(),
+                        removing: out.to_vec(),
+                        ties: Ties::Avoid(p.primary.clone()),
+                    })
+                    .await;
                 self.record(rt, shard, r)?;
             }
         }
@@ -483,26 +512,6 @@ impl Manager {
             ties: prev.map_or(Ties::KeepPrimary, |p| Ties::Avoid(p.primary.clone())),
         })
         .await
-    }
-
-    /// Waits until the primary of `p` has committed its barrier.
-    async fn wait_committed(&self, shard: &str, p: &Promoted) -> Result<(), ErrorBody> {
-        let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
-        loop {
-            match self.db.nodes.status(&p.primary_addr, shard).await {
-                Ok(info) if info.commit_lsn >= p.barrier_lsn => return Ok(()),
-                Ok(_) | Err(_) if tokio::time::Instant::now() < deadline => {}
-                Ok(info) => {
-                    return Err(ErrorBody::unavailable(format!(
-                        "shard {shard}: epoch {} did not commit within {HANDOVER_WAIT:?} (commit \
-                         {} < {}); its replicas are too slow or down",
-                        p.epoch, info.commit_lsn, p.barrier_lsn
-                    )))
-                }
-                Err(e) => return Err(e),
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
     }
 
     /// `/primary_elect`: elects where a shard's primary is not alive; the primary of each

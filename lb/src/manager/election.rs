@@ -11,6 +11,16 @@
 //! 4. persist the primary, promote it, and have the others follow it.
 //!
 //! [`decide`] is pure and unit-tested; [`Manager::change_epoch`] does the IO around it.
+//!
+//! # Voter changes: one at a time, each on a committed epoch
+//! A change of a shard's voters goes through [`Manager::change_voters`], which enforces
+//! Raft's single-server rule (DESIGN.md "Membership changes of a shard"): it adds or drops
+//! one voter, and starts only once the current epoch's barrier is committed, that is held by a
+//! majority of that epoch's voters. Two changes without that wait are two voters changed at
+//! once: {A,B,C,D,E} -> {A,C,D,E} -> {A,D,E} would let {D,E} elect without a write that only
+//! A, B and C held. Callers that answer a client (`/add`, `/rm`) also wait until their own
+//! last change is committed ([`Manager::wait_committed`]). Covered by
+//! `tests/fault_membership.rs`.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -26,6 +36,11 @@ use crate::control::Membership;
 /// How long an epoch change still waits for the other replicas' adoptions once enough
 /// have adopted to choose.
 const ADOPT_GRACE: Duration = Duration::from_millis(100);
+/// How long an admin operation waits for an epoch to be committed by a majority of its
+/// voters (before its next voter change, and before it answers).
+pub(super) const COMMIT_WAIT: Duration = Duration::from_secs(10);
+/// Poll interval while waiting for an epoch to commit.
+const COMMIT_POLL: Duration = Duration::from_millis(10);
 
 /// The primary to promote after replicas adopted a new epoch: the largest `(last_epoch,
 /// last_lsn)` among the adopted voters not in `exclude`, in the order given (ties go to the
@@ -114,7 +129,105 @@ pub(super) fn live_addr(ms: &Membership, name: &str) -> Option<String> {
     ms.members.iter().find(|m| m.name == name && m.alive).map(|m| m.addr.clone())
 }
 
+/// What a voter change does when the current epoch is not committed yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Previous {
+    /// Waits for it (at most [`COMMIT_WAIT`]; fails after that): admin operations.
+    Wait,
+    /// Changes nothing this time (`Ok(None)`): supervisor rounds, which come back soon.
+    Skip,
+}
+
 impl Manager {
+    /// Whether the epoch of `p` is committed: its primary's commit LSN reached the barrier of
+    /// that epoch, which it counts only once a majority of the epoch's voters hold it.
+    pub(super) async fn epoch_committed(
+        &self,
+        shard: &str,
+        p: &Promoted,
+    ) -> Result<bool, ErrorBody> {
+        let info = self.db.nodes.status(&p.primary_addr, shard).await?;
+        Ok(info.epoch == p.epoch && info.commit_lsn >= p.barrier_lsn)
+    }
+
+    /// Waits until the epoch of `p` is committed; fails after [`COMMIT_WAIT`], or at once
+    /// when its primary dies (the next round elects).
+    pub(super) async fn wait_committed(&self, shard: &str, p: &Promoted) -> Result<(), ErrorBody> {
+        let deadline = tokio::time::Instant::now() + COMMIT_WAIT;
+        let poll = async {
+            loop {
+                let last = self.epoch_committed(shard, p).await;
+                if let Ok(true) = last {
+                    return Ok(());
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    let why = match last {
+                        Err(e) => e.bare().to_string(),
+                        Ok(_) => "its voters are too slow or down".to_string(),
+                    };
+                    return Err(ErrorBody::unavailable(format!(
+                        "shard {shard}: epoch {} was not committed by a majority of its voters \
+                         within {COMMIT_WAIT:?} ({why})",
+                        p.epoch
+                    )));
+                }
+                tokio::time::sleep(COMMIT_POLL).await;
+            }
+        };
+        tokio::select! {
+            r = poll => r,
+            () = self.primary_gone(p) => Err(ErrorBody::unavailable(format!(
+                "shard {shard}: primary {} died before epoch {} was committed",
+                p.primary, p.epoch
+            ))),
+        }
+    }
+
+    /// Changes the voters of `shard` from those of `p` to `new_voters` (one added or dropped),
+    /// keeping `p`'s primary, once `p`'s epoch is committed (see the module doc). `Ok(None)`:
+    /// with [`Previous::Skip`], the epoch was not committed yet and nothing changed.
+    pub(super) async fn change_voters(
+        &self,
+        shard: &str,
+        p: &Promoted,
+        new_voters: Vec<String>,
+        previous: Previous,
+        removing: &[String],
+        ties: Ties,
+    ) -> Result<Option<Promoted>, ErrorBody> {
+        let cat = self.catalog();
+        let old: BTreeSet<&String> = cat.voters(shard).iter().collect();
+        let new: BTreeSet<&String> = new_voters.iter().collect();
+        if old.symmetric_difference(&new).count() != 1 {
+            return Err(ErrorBody::internal(format!(
+                "shard {shard}: a voter change adds or drops exactly one voter ({old:?} -> {new:?})"
+            )));
+        }
+        match previous {
+            Previous::Wait => self.wait_committed(shard, p).await?,
+            Previous::Skip => {
+                // Not known to be committed (no answer either) is not committed.
+                if !self.epoch_committed(shard, p).await.unwrap_or(false) {
+                    tracing::debug!(
+                        shard,
+                        epoch = p.epoch,
+                        "voter change waits for the epoch to commit"
+                    );
+                    return Ok(None);
+                }
+            }
+        }
+        let change = EpochChange {
+            shard: shard.to_string(),
+            new_voters: Some(new_voters),
+            keep: Some(p.primary.clone()),
+            exclude: removing.to_vec(),
+            removing: removing.to_vec(),
+            ties,
+        };
+        self.change_epoch(change).await.map(Some)
+    }
+
     /// Runs one epoch change of a shard; returns the primary as set up. On error the shard
     /// may be left without a working primary (the next supervisor round elects again).
     pub(super) async fn change_epoch(&self, ch: EpochChange) -> Result<Promoted, ErrorBody> {

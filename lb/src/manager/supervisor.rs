@@ -24,7 +24,7 @@ use std::sync::Arc;
 use protocol::{ErrorBody, FollowReq, Lsn, PromoteReq, Quorum, Replica, Role, ShardSpec};
 
 use super::db::Runtime;
-use super::election::{live_addr, replica, EpochChange, Promoted, Ties};
+use super::election::{live_addr, replica, EpochChange, Previous, Promoted, Ties};
 use super::Manager;
 use crate::catalog::Catalog;
 
@@ -169,7 +169,7 @@ impl Manager {
 
     /// Completes once the process promoted in `p` is no longer the live server of its
     /// name (declared dead, replaced): a step waiting on it can stop, the next round elects.
-    async fn primary_gone(&self, p: &Promoted) {
+    pub(super) async fn primary_gone(&self, p: &Promoted) {
         let mut members = self.published.subscribe();
         loop {
             let ms = members.borrow_and_update().clone();
@@ -272,25 +272,45 @@ impl Manager {
             return Step::from(self.elect(shard, &[], removing, prev.as_ref()).await);
         }
         let p = prev.expect("healthy means promoted");
-        let change = |new_voters: Option<Vec<String>>| EpochChange {
-            shard: shard.to_string(),
-            new_voters,
-            keep: Some(p.primary.clone()),
-            exclude: Vec::new(),
-            removing: removing.to_vec(),
-            ties: Ties::KeepPrimary,
+        // One voter added or dropped per epoch, once the current epoch is committed
+        // (election.rs, "Voter changes"); until then the shard stays as it is.
+        let current = &p;
+        let change_voters = move |new_voters: Vec<String>| async move {
+            let r = self
+                .change_voters(
+                    shard,
+                    current,
+                    new_voters,
+                    Previous::Skip,
+                    removing,
+                    Ties::KeepPrimary,
+                )
+                .await;
+            match r {
+                Ok(Some(np)) => Step::ok(Some(np)),
+                Ok(None) => Step::ok(Some(current.clone())),
+                Err(e) => Step::failed(None, e),
+            }
         };
         // A voter that left the catalog leaves the voters.
         if let Some(x) = voters.iter().find(|v| !replicas.contains(v)) {
             let keep: Vec<String> = voters.iter().filter(|v| *v != x).cloned().collect();
-            return Step::from(self.change_epoch(change(Some(keep))).await);
+            return change_voters(keep).await;
         }
         let learners: Vec<String> =
             cat.learners(shard).into_iter().filter(|l| !removing.contains(l)).collect();
         let names = |rs: &[Replica]| rs.iter().map(|r| r.name.clone()).collect::<BTreeSet<_>>();
         let set = |v: &[String]| v.iter().cloned().collect::<BTreeSet<_>>();
         if names(&p.voters) != set(&voters) || names(&p.learners) != set(&learners) {
-            return Step::from(self.change_epoch(change(None)).await);
+            let change = EpochChange {
+                shard: shard.to_string(),
+                new_voters: None,
+                keep: Some(p.primary.clone()),
+                exclude: Vec::new(),
+                removing: removing.to_vec(),
+                ties: Ties::KeepPrimary,
+            };
+            return Step::from(self.change_epoch(change).await);
         }
         // A replica at a new address (respawned): the primary's senders must know it.
         let want_voters: Vec<Replica> = voters.iter().map(|v| replica(&ms, v)).collect();
@@ -334,7 +354,7 @@ impl Manager {
                 let new_voters: Vec<String> =
                     replicas.iter().filter(|r| voters.contains(r) || **r == l).cloned().collect();
                 tracing::info!(%shard, learner = %l, applied = li.applied_lsn, target, "learner caught up; making it a voter");
-                return Step::from(self.change_epoch(change(Some(new_voters))).await);
+                return change_voters(new_voters).await;
             }
             return Step { catch_up: Some((l, target)), ..Step::ok(Some(p)) };
         }
