@@ -135,6 +135,125 @@ async fn kill9_under_load_keeps_every_key_linearizable() {
     assert_linearizable(&h, "fault_kill");
 }
 
+/// Probe keys, one per shard, outside the clients' keys: updated to tell when a shard takes
+/// writes again.
+const PROBES: [(&str, i64); 2] = [("sh1", 900), ("sh2", 1900)];
+/// The liveness rule (README "Guarantees"): once a majority of a shard's voters is alive, it
+/// takes writes again within this.
+const PRIMARY_AGAIN_WITHIN: Duration = Duration::from_secs(5);
+
+/// How long until every shard takes an update of its probe key again.
+async fn until_every_shard_writes(db: &Db, round: usize, limit: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    for (shard, key) in PROBES {
+        let name = format!("probe{round}");
+        let done = poll(limit.saturating_sub(t.elapsed()), || async {
+            db.update(key, &workload::row(key, &name)).await.ok()
+        })
+        .await;
+        if done.is_none() {
+            eprintln!("fault_kill: {shard} took no write within {limit:?}");
+            return None;
+        }
+    }
+    Some(t.elapsed())
+}
+
+/// What users do: a second `kill -9` inside the respawn window of the first (the victim's
+/// new process is up, perhaps not configured yet), of the shard's new primary or of another
+/// replica. Two of three voters stay alive after the second kill, so every shard must take
+/// writes again within [`PRIMARY_AGAIN_WITHIN`]; histories stay linearizable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_kill_inside_the_respawn_window_leaves_no_shard_without_a_primary() {
+    let rounds: usize =
+        std::env::var("SHARDGATE_SOAK_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let dir = tempfile::tempdir().unwrap();
+    let up = ClusterProc::up(0, dir.path(), &["--init", &config()]);
+    let options = DbOptions { request_timeout: Duration::from_secs(10), ..Default::default() };
+    let db = Db::connect_binary_with(up.addr("binary"), options).await.unwrap();
+    for (_, key) in PROBES {
+        db.write(&[workload::row(key, "probe")]).await.unwrap();
+    }
+    let h = Arc::new(History::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let bad = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let w = Workload { keys: KEYS.to_vec(), max_ops: 2000, reads: Consistency::Default };
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            tokio::spawn(client_loop(
+                c,
+                db.clone(),
+                w.clone(),
+                h.clone(),
+                stop.clone(),
+                bad.clone(),
+            ))
+        })
+        .collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut again = Vec::new();
+    for k in 0..rounds {
+        let st = db.status().await.unwrap();
+        let first = st["shards"][k % 2]["primary"].as_str().unwrap_or(SERVERS[0]).to_string();
+        let pid1 = node_pid(up.pid(), &first).expect("the first victim runs");
+        signal(pid1, "KILL");
+        // The respawn window: the first victim's new process exists.
+        let respawned = poll(Duration::from_secs(10), || async {
+            node_pid(up.pid(), &first).filter(|p| *p != pid1)
+        })
+        .await;
+        assert!(respawned.is_some(), "{first} was not started again within 10 s");
+        // Somewhere in the window: while it starts, is configured, or catches up (the wait
+        // is the nemesis's timing, not a synchronization).
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..400))).await;
+        // The second victim: the shard's primary as the router now sees it (if it moved
+        // already), else another replica at random.
+        let st = db.status().await.unwrap();
+        let now = st["shards"][k % 2]["primary"].as_str().unwrap_or_default().to_string();
+        let second = if !now.is_empty() && now != first && k % 2 == 0 {
+            now
+        } else {
+            let others: Vec<&str> = SERVERS.iter().copied().filter(|s| *s != first).collect();
+            others[rng.gen_range(0..others.len())].to_string()
+        };
+        let pid2 = node_pid(up.pid(), &second).expect("the second victim runs");
+        signal(pid2, "KILL");
+        let took = until_every_shard_writes(&db, k, Duration::from_secs(60)).await;
+        let took = took.unwrap_or_else(|| {
+            panic!("round {k}: a shard had no primary for 60 s after killing {first} then {second}")
+        });
+        eprintln!("fault_kill: round {k}: killed {first}, then {second} in its respawn window; every shard writes after {took:?}");
+        again.push(took);
+        back(&up, &db, &first, pid1).await;
+        back(&up, &db, &second, pid2).await;
+        let before = h.counts().0;
+        let progressed = poll(Duration::from_secs(30), || async {
+            (h.counts().0 >= before + OPS_BETWEEN_KILLS).then_some(())
+        })
+        .await;
+        assert!(progressed.is_some(), "the clients made no progress after a recovery");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let bad = bad.lock().unwrap().clone();
+    assert!(bad.is_empty(), "refusals that must not happen: {bad:?}");
+    final_state(&db, &SERVERS, &h, &KEYS).await;
+    again.sort();
+    eprintln!(
+        "fault_kill: {rounds} double kills; every shard took writes again after p50 {:?}, max {:?}",
+        again[again.len() / 2],
+        again[again.len() - 1]
+    );
+    let worst = again[again.len() - 1];
+    assert!(
+        worst <= PRIMARY_AGAIN_WITHIN,
+        "a shard was without a primary for {worst:?} (rule: {PRIMARY_AGAIN_WITHIN:?})"
+    );
+    assert_linearizable(&h, "fault_kill_double");
+}
+
 /// The checker itself rejects what it must: a read that returns a value overwritten before
 /// it began, and a read of a row deleted before it began.
 #[test]
