@@ -278,7 +278,7 @@ async fn primary_of(addr: SocketAddr, shard: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_deployment_end_to_end() {
     if let Some(why) = skip_reason() {
-        say(&format!("SKIPPED: {why}; nothing was run"));
+        common::cannot_run(&format!("{why}; nothing was run"));
         return;
     }
     let started = Instant::now();

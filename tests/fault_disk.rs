@@ -11,7 +11,7 @@
 //! write succeeds without a restart; a `kill -9` and restart of the primary afterwards
 //! (re-elected at a new epoch) keeps everything and the replicas converge.
 //!
-//! Needs root (mount); without it the test says it was skipped.
+//! Needs root (mount); without it the test says it was skipped (and fails under `CI=true`).
 
 mod common;
 
@@ -210,7 +210,7 @@ async fn converge(members: &[Member], acked: &BTreeSet<i64>) {
 async fn a_full_disk_on_the_primary_fails_writes_cleanly_and_recovers_when_space_returns() {
     let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
     let Some(fs) = is_root.then(|| Tmpfs::mount("40m")).flatten() else {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        common::cannot_run("cannot mount a tmpfs here (needs root)");
         return;
     };
     let others = tempfile::tempdir().unwrap();

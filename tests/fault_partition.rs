@@ -9,7 +9,7 @@
 //! linearizable read once the new primary has acknowledged one; every acknowledged write is
 //! on the new primary; after the partition heals the old primary cuts its unacknowledged
 //! tail and ends with exactly the new primary's rows. Needs root and iptables (`.ci/run`
-//! installs it); without them the test says it was skipped.
+//! installs it); without them the test says it was skipped (and fails under `CI=true`).
 
 mod common;
 
@@ -117,7 +117,7 @@ async fn elect(members: &[Member], live: &[usize], primary: usize, epoch: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_primary_acknowledges_nothing_and_no_split_brain() {
     let Some(mut fw) = Firewall::new() else {
-        eprintln!("SKIPPED: iptables is not usable here (needs root and the iptables package)");
+        common::cannot_run("iptables is not usable here (needs root and the iptables package)");
         return;
     };
     let members = vec![

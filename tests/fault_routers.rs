@@ -19,7 +19,8 @@
 //!
 //! At the end every replica holds what the router reads. CI runs two rounds per test;
 //! `SHARDGATE_SOAK_PARTITIONS=20 cargo test --release --test fault_routers` soaks. Needs root
-//! and iptables (`.ci/run` installs it); without them each test says it was skipped.
+//! and iptables (`.ci/run` installs it); without them each test says it was skipped (and
+//! fails under `CI=true`).
 
 mod common;
 
@@ -154,9 +155,9 @@ const LOSS: f64 = 0.2;
 async fn under_faults(test: &str, block: u8, routers: u8, reads: Consistency, nemesis: Nemesis) {
     let _one = ONE_AT_A_TIME.lock().await;
     let Some(mut fw) = Firewall::new() else {
-        eprintln!(
-            "SKIPPED {test}: iptables is not usable here (needs root and the iptables package)"
-        );
+        common::cannot_run(&format!(
+            "{test}: iptables is not usable here (needs root and the iptables package)"
+        ));
         return;
     };
     let rounds: usize =

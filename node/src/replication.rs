@@ -228,6 +228,7 @@ impl Shard {
                 lsn_epoch: req.lsn_epoch,
                 next_seq: 0,
                 rows: Vec::new(),
+                ids: Vec::new(),
             });
         }
         let Some(inc) = st.incoming.as_mut() else {
@@ -240,6 +241,7 @@ impl Shard {
             )));
         }
         inc.rows.extend(req.rows);
+        inc.ids.extend(req.ids);
         inc.next_seq += 1;
         let next_seq = inc.next_seq;
         if !req.done {
@@ -256,7 +258,7 @@ impl Shard {
         }
         // The checkpoint file first, then the log restarts after it: a crash in between
         // leaves a checkpoint newer than the log, which opening repairs.
-        crate::snapshot::write(&core.dir, inc.lsn, inc.lsn_epoch, &inc.rows)
+        crate::snapshot::write(&core.dir, inc.lsn, inc.lsn_epoch, &inc.rows, &inc.ids)
             .map_err(|e| ErrorBody::internal(format!("cannot write snapshot: {e}")))?;
         core.wal
             .reset(inc.lsn, inc.lsn_epoch)
@@ -324,7 +326,7 @@ impl Core {
         st.applied_epoch = inc.lsn_epoch;
         st.commit_lsn = inc.lsn;
         st.pending.clear();
-        st.seen.clear();
+        st.seen = crate::shard::Seen::restore(&inc.ids);
         st.epochs.clear();
         st.base = (inc.lsn, inc.lsn_epoch);
         st.matched_lsn = inc.lsn;
@@ -543,9 +545,10 @@ async fn send_snapshot(
     peer: &Replica,
     epoch: Epoch,
 ) -> Result<Lsn, CallError> {
-    let (rows, lsn, lsn_epoch) = {
+    let (rows, ids, lsn, lsn_epoch) = {
         let st = core.lock_state();
-        (st.rows.values().cloned().collect::<Vec<_>>(), st.applied_lsn, st.applied_epoch)
+        let rows = st.rows.values().cloned().collect::<Vec<_>>();
+        (rows, st.seen.up_to(st.applied_lsn), st.applied_lsn, st.applied_epoch)
     };
     tracing::info!(shard = %core.id, peer = %peer.name, lsn, rows = rows.len(), "sending a snapshot");
     let chunks: Vec<&[protocol::Row]> =
@@ -561,6 +564,7 @@ async fn send_snapshot(
             seq: seq as u32,
             rows: chunk.to_vec(),
             done: seq + 1 == count,
+            ids: if seq + 1 == count { ids.clone() } else { Vec::new() },
         });
         c.call_with_timeout(req, Some(PEER_CALL_TIMEOUT)).await?;
     }

@@ -114,8 +114,9 @@ const SEEN_MAX: usize = 1 << 16;
 
 /// The request ids of the changes in the log, newest last, and the LSN of each: a retry of
 /// a change already logged waits for that record instead of being applied again. Built from
-/// the log on recovery (records after the checkpoint) and as records are appended; records
-/// cut from the log are forgotten; a snapshot starts it afresh.
+/// the checkpoint (ids up to its LSN) and the log after it on recovery, and as records are
+/// appended; records cut from the log are forgotten; an installed snapshot brings the
+/// sender's.
 #[derive(Default)]
 pub(crate) struct Seen {
     by_id: HashMap<RequestId, Lsn>,
@@ -152,9 +153,23 @@ impl Seen {
         }
     }
 
-    pub(crate) fn clear(&mut self) {
-        self.by_id.clear();
-        self.order.clear();
+    /// The remembered ids of changes at or below `lsn`, oldest first (what a checkpoint or
+    /// snapshot at `lsn` keeps: ids above it belong to records that a cut may still remove).
+    pub(crate) fn up_to(&self, lsn: Lsn) -> Vec<(RequestId, Lsn)> {
+        self.order
+            .iter()
+            .filter(|&&(l, id)| l <= lsn && self.by_id.get(&id) == Some(&l))
+            .map(|&(l, id)| (id, l))
+            .collect()
+    }
+
+    /// Remembers exactly `ids` (oldest first), as a checkpoint or snapshot kept them.
+    pub(crate) fn restore(ids: &[(RequestId, Lsn)]) -> Seen {
+        let mut seen = Seen::default();
+        for &(id, lsn) in ids {
+            seen.record(id, lsn);
+        }
+        seen
     }
 }
 
@@ -247,6 +262,7 @@ pub(crate) struct IncomingSnapshot {
     pub lsn_epoch: Epoch,
     pub next_seq: u32,
     pub rows: Vec<Row>,
+    pub ids: Vec<(RequestId, Lsn)>,
 }
 
 pub(crate) struct Core {
@@ -428,7 +444,8 @@ impl Shard {
         let (snap_lsn, snap_epoch) = snap.as_ref().map_or((0, 0), |s| (s.lsn, s.epoch));
         let wal = Wal::open(dir.join(WAL_DIR), opts.wal.clone())?;
         let mut rows = BTreeMap::new();
-        for r in snap.map(|s| s.rows).unwrap_or_default() {
+        let (snap_rows, snap_ids) = snap.map(|s| (s.rows, s.ids)).unwrap_or_default();
+        for r in snap_rows {
             rows.insert(r.key, r);
         }
         let (last, _) = wal.last();
@@ -475,7 +492,7 @@ impl Shard {
             incoming: None,
             generation: 0,
             lease: Default::default(),
-            seen: Seen::default(),
+            seen: Seen::restore(&snap_ids),
             adopted: None,
         };
         st.visible_count = st.rows.len() as u64;
@@ -1014,7 +1031,7 @@ impl Core {
     }
 
     pub(crate) fn checkpoint(&self) -> Result<()> {
-        let (rows, lsn, epoch, keep_from) = {
+        let (rows, ids, lsn, epoch, keep_from) = {
             let st = self.lock_state();
             // A primary keeps the log its peers still need, unless it grows far too long
             // (then they get a snapshot).
@@ -1024,9 +1041,10 @@ impl Core {
                     keep = keep.min(p.match_lsn + 1);
                 }
             }
-            (st.rows.values().cloned().collect::<Vec<_>>(), st.applied_lsn, st.applied_epoch, keep)
+            let rows = st.rows.values().cloned().collect::<Vec<_>>();
+            (rows, st.seen.up_to(st.applied_lsn), st.applied_lsn, st.applied_epoch, keep)
         };
-        snapshot::write(&self.dir, lsn, epoch, &rows)
+        snapshot::write(&self.dir, lsn, epoch, &rows, &ids)
             .map_err(|e| Error::io("write checkpoint", &self.dir, e))?;
         let purged = self.wal.purge_before(keep_from.min(lsn + 1))?;
         let mut st = self.lock_state();

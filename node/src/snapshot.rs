@@ -3,10 +3,14 @@
 //!
 //! Format (integers little-endian):
 //! ```text
-//! { magic:[u8;8] = "SGSNAP01" | lsn:u64 | epoch:u64 }
+//! { magic:[u8;8] = "SGSNAP02" | lsn:u64 | epoch:u64 }
+//! { len:u32 | crc32:u32 | ids:[u8; len] }        ids = wire-encoded Vec<(RequestId, Lsn)>
 //! { len:u32 | crc32:u32 | chunk:[u8; len] }*     chunk = wire-encoded Vec<Row>, at most ROWS_PER_CHUNK
 //! { len:u32 = 0 | crc32:u32 = crc of the 24 header bytes | rows:u64 }
 //! ```
+//! The ids are those of the changes at or below `lsn` that a replica remembers
+//! (`shard::Seen`): a retry of such a change after a restart is still answered from them
+//! instead of being applied twice. Files of the first version (`SGSNAP01`) have no ids.
 //! Each chunk carries its own checksum and the end marker proves the file is whole; the file
 //! is written as `snapshot.tmp`, synced, and renamed over `snapshot`, so a reader sees either
 //! the old checkpoint or the new one.
@@ -15,10 +19,12 @@ use std::fs::{self, File};
 use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 
-use protocol::{Epoch, Lsn, Row};
+use protocol::{Epoch, Lsn, RequestId, Row};
 
 /// Magic number at the start of a checkpoint file.
-const MAGIC: [u8; 8] = *b"SGSNAP01";
+const MAGIC: [u8; 8] = *b"SGSNAP02";
+/// Magic number of the first version (no ids), still read.
+const MAGIC_V1: [u8; 8] = *b"SGSNAP01";
 /// Rows per chunk; bounds the memory one decode needs.
 const ROWS_PER_CHUNK: usize = 4096;
 /// File name of the current checkpoint inside a shard directory.
@@ -30,10 +36,18 @@ pub(crate) struct Snapshot {
     pub lsn: Lsn,
     pub epoch: Epoch,
     pub rows: Vec<Row>,
+    /// Ids of the changes up to `lsn` that were remembered, oldest first.
+    pub ids: Vec<(RequestId, Lsn)>,
 }
 
-/// Writes the checkpoint of `rows` at `(lsn, epoch)` into `dir`, durably.
-pub(crate) fn write(dir: &Path, lsn: Lsn, epoch: Epoch, rows: &[Row]) -> std::io::Result<()> {
+/// Writes the checkpoint of `rows` and `ids` at `(lsn, epoch)` into `dir`, durably.
+pub(crate) fn write(
+    dir: &Path,
+    lsn: Lsn,
+    epoch: Epoch,
+    rows: &[Row],
+    ids: &[(RequestId, Lsn)],
+) -> std::io::Result<()> {
     let tmp = dir.join(SNAPSHOT_TMP);
     let file = File::create(&tmp)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
@@ -42,11 +56,14 @@ pub(crate) fn write(dir: &Path, lsn: Lsn, epoch: Epoch, rows: &[Row]) -> std::io
     header[8..16].copy_from_slice(&lsn.to_le_bytes());
     header[16..24].copy_from_slice(&epoch.to_le_bytes());
     w.write_all(&header)?;
-    for chunk in rows.chunks(ROWS_PER_CHUNK) {
-        let bytes = protocol::wire::encode(&chunk).map_err(std::io::Error::other)?;
+    let mut chunk_out = |bytes: bytes::Bytes| -> std::io::Result<()> {
         w.write_all(&(bytes.len() as u32).to_le_bytes())?;
         w.write_all(&crc32fast::hash(&bytes).to_le_bytes())?;
-        w.write_all(&bytes)?;
+        w.write_all(&bytes)
+    };
+    chunk_out(protocol::wire::encode(&ids).map_err(std::io::Error::other)?)?;
+    for chunk in rows.chunks(ROWS_PER_CHUNK) {
+        chunk_out(protocol::wire::encode(&chunk).map_err(std::io::Error::other)?)?;
     }
     w.write_all(&0u32.to_le_bytes())?;
     w.write_all(&crc32fast::hash(&header).to_le_bytes())?;
@@ -74,9 +91,11 @@ pub(crate) fn read(dir: &Path) -> std::io::Result<Option<Snapshot>> {
             format!("corrupt checkpoint {} at offset {offset}; {what}", path.display()),
         )
     };
-    if bytes.len() < 24 || bytes[0..8] != MAGIC {
+    if bytes.len() < 24 || (bytes[0..8] != MAGIC && bytes[0..8] != MAGIC_V1) {
         return Err(bad(0, "bad magic: not a shardgate checkpoint"));
     }
+    let mut ids_pending = bytes[0..8] == MAGIC;
+    let mut ids = Vec::new();
     let u64_at = |b: &[u8], at: usize| {
         let mut a = [0u8; 8];
         a.copy_from_slice(&b[at..at + 8]);
@@ -114,12 +133,20 @@ pub(crate) fn read(dir: &Path) -> std::io::Result<Option<Snapshot>> {
         if crc32fast::hash(chunk) != crc {
             return Err(bad(at, "chunk checksum mismatch"));
         }
-        let mut part: Vec<Row> =
-            protocol::wire::decode(chunk).map_err(|e| bad(at, &e.to_string()))?;
-        rows.append(&mut part);
+        if ids_pending {
+            ids = protocol::wire::decode(chunk).map_err(|e| bad(at, &e.to_string()))?;
+            ids_pending = false;
+        } else {
+            let mut part: Vec<Row> =
+                protocol::wire::decode(chunk).map_err(|e| bad(at, &e.to_string()))?;
+            rows.append(&mut part);
+        }
         at = body + len;
     }
-    Ok(Some(Snapshot { lsn, epoch, rows }))
+    if ids_pending {
+        return Err(bad(24, "the ids section is missing"));
+    }
+    Ok(Some(Snapshot { lsn, epoch, rows, ids }))
 }
 
 #[cfg(test)]
@@ -141,10 +168,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(read(dir.path()).unwrap().is_none());
         let rs = rows(10_000);
-        write(dir.path(), 77, 3, &rs).unwrap();
+        let ids: Vec<(RequestId, Lsn)> =
+            (1..=500).map(|i| (RequestId { client: 9, seq: i }, i + 10)).collect();
+        write(dir.path(), 77, 3, &rs, &ids).unwrap();
         let s = read(dir.path()).unwrap().unwrap();
         assert_eq!((s.lsn, s.epoch), (77, 3));
         assert_eq!(s.rows, rs);
+        assert_eq!(s.ids, ids);
         let path = dir.path().join(SNAPSHOT_FILE);
         let good = fs::read(&path).unwrap();
         for at in [0, 9, 30, good.len() / 2, good.len() - 9, good.len() - 1] {

@@ -693,3 +693,63 @@ async fn a_change_sent_again_under_its_id_is_applied_once_even_after_a_failover(
     }
     converged(&all, &[row(5)]).await;
 }
+
+/// Ids of changes survive restarts (a clean stop checkpoints every applied change, so the
+/// log alone no longer holds them) and travel with snapshots: a retry after any of them is
+/// still answered from the id, never applied a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_sent_again_under_its_id_is_applied_once_after_restarts_and_snapshots() {
+    // Small segments, so that the checkpoints purge the log a fresh replica would need.
+    let opts = ShardOptions {
+        wal: wal::Options { segment_size: 64 * 1024, ..wal::Options::default() },
+        checkpoint_segments: 2,
+    };
+    let mut nodes = cluster(3, opts.clone()).await;
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    let p = elect(&all, &all, &[], 1).await;
+    let c = nodes[p].conn().await;
+    let insert = |k: i64| {
+        Request::Write(WriteReq { shard: SHARD.into(), curr_idx: None, rows: vec![row(k)] })
+    };
+    let delete = |k: i64| Request::Delete(protocol::DeleteReq { shard: SHARD.into(), key: k });
+    assert!(matches!(c.call(insert(5)).await, Ok(Response::Written { .. })));
+    // A delete under an id, then someone else writes the row again.
+    assert!(matches!(c.call(once(7, delete(5))).await, Ok(Response::Deleted { .. })));
+    assert!(matches!(c.call(insert(5)).await, Ok(Response::Written { .. })));
+    for base in (1000..5000).step_by(500) {
+        assert!(matches!(write(&c, base..base + 500).await, Ok(Response::Written { .. })));
+    }
+    let mut want = vec![row(5)];
+    want.extend((1000..5000).map(row));
+    converged(&all, &want).await;
+    drop(c);
+
+    // Every replica restarts (a clean stop: each checkpoints and purges its log).
+    for n in nodes.iter_mut() {
+        n.restart().await;
+    }
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    let p = elect(&all, &all, &[], 2).await;
+    match nodes[p].call(once(7, delete(5))).await {
+        Ok(Response::Deleted { .. }) => {}
+        other => panic!("the retry after a restart was not recognized: {other:?}"),
+    }
+    assert_eq!(nodes[p].rows().await, want, "the retried delete was applied again");
+
+    // A fresh replica gets the shard by snapshot (the log before the checkpoint is gone)
+    // and then leads: the retry is still recognized there.
+    let fresh = TestNode::start("S3", opts).await;
+    let config =
+        ConfigReq { schema: schema(), shards: vec![ShardSpec::with_range(SHARD, 0, 1 << 40)] };
+    fresh.call(Request::Config(config)).await.unwrap();
+    let all: Vec<&TestNode> = nodes.iter().chain([&fresh]).collect();
+    elect(&all, &all[..3], &[&fresh], 3).await;
+    converged(&all, &want).await;
+    let q = elect(&all, &all, &[], 4).await;
+    assert_eq!(all[q].name, "S3", "the caught-up replica (last among equals) leads");
+    match fresh.call(once(7, delete(5))).await {
+        Ok(Response::Deleted { .. }) => {}
+        other => panic!("the retry at a replica that got a snapshot was not recognized: {other:?}"),
+    }
+    assert_eq!(fresh.rows().await, want, "the retried delete was applied again");
+}

@@ -422,6 +422,9 @@ pub struct SnapshotChunk {
     pub rows: Vec<Row>,
     /// Last chunk: install the snapshot.
     pub done: bool,
+    /// On the last chunk: the ids of the changes up to `lsn` the sender remembers (oldest
+    /// first), so a retried change is still recognised by the receiver.
+    pub ids: Vec<(RequestId, Lsn)>,
 }
 
 /// Ask for a replica's replication state.

@@ -110,6 +110,16 @@ impl Drop for NodeProc {
     }
 }
 
+/// A test that cannot run here (a tool or capability is missing: Docker, iptables, a
+/// mount, FUSE): says `SKIPPED: <why>` and lets the caller return, except under CI
+/// (`CI=true`), where a fault test that does not run must not pass: it panics instead.
+pub fn cannot_run(why: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("this test cannot run here and CI=true: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+}
+
 /// Sends `signal` (`"KILL"`, `"TERM"`) to `pid`.
 pub fn signal(pid: u32, signal: &str) {
     let _ = Command::new("kill").args([format!("-{signal}"), pid.to_string()]).status();

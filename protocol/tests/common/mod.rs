@@ -110,9 +110,14 @@ pub fn request() -> impl Strategy<Value = Request> {
             any::<u64>(),
             any::<u32>(),
             rows(),
-            any::<bool>()
+            any::<bool>(),
+            vec((any::<u64>(), any::<u64>(), any::<u64>()), 0..3)
         )
-            .prop_map(|(shard, epoch, primary, lsn, lsn_epoch, seq, rows, done)| {
+            .prop_map(|(shard, epoch, primary, lsn, lsn_epoch, seq, rows, done, ids)| {
+                let ids = ids
+                    .into_iter()
+                    .map(|(client, seq, lsn)| (protocol::RequestId { client, seq }, lsn))
+                    .collect();
                 Request::Snapshot(SnapshotChunk {
                     shard,
                     epoch,
@@ -122,6 +127,7 @@ pub fn request() -> impl Strategy<Value = Request> {
                     seq,
                     rows,
                     done,
+                    ids,
                 })
             }),
         shard_id().prop_map(|shard| Request::ReplicaStatus(ReplicaStatusReq { shard })),
