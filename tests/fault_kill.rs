@@ -177,7 +177,9 @@ async fn a_second_kill_inside_the_respawn_window_leaves_no_shard_without_a_prima
     let h = Arc::new(History::new());
     let stop = Arc::new(AtomicBool::new(false));
     let bad = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let w = Workload { keys: KEYS.to_vec(), max_ops: 2000, reads: Consistency::Default };
+    // Enough operations for every round (each round takes a few hundred).
+    let max_ops = 2000.max(rounds * 500 / CLIENTS as usize);
+    let w = Workload { keys: KEYS.to_vec(), max_ops, reads: Consistency::Default };
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| {
             tokio::spawn(client_loop(
