@@ -83,7 +83,8 @@ async fn a_remote_error_comes_back_typed_and_the_connection_stays_usable() {
     let server = TestServer::start(config).await;
     let conn = Connection::connect(server.addr, "test").await.expect("connect");
 
-    let delete = |key| Request::Delete(protocol::DeleteReq { shard: "sh1".into(), key });
+    let delete =
+        |key| Request::Delete(protocol::DeleteReq { shard: "sh1".into(), key, only_if: None });
     match conn.call(delete(7)).await {
         Err(CallError::Remote(body)) => {
             assert_eq!(body.kind, ErrorKind::NotFound);

@@ -260,6 +260,7 @@ async fn route(node: &Node, method: &Method, path: &str, body: &[u8]) -> Result<
         "/del" => Request::Delete(DeleteReq {
             shard: string_field(&body, "shard")?,
             key: key_field(&body, "Stud_id")?,
+            only_if: None,
         }),
         _ => {
             return Err(ErrorBody::not_found(format!("'{path}' endpoint does not exist in server")))

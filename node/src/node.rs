@@ -129,11 +129,14 @@ impl Node {
             Request::Write(w) => self.write(w, None).await,
             Request::Update(u) => self.update(u, None).await,
             Request::Delete(d) => self.delete(d, None).await,
-            Request::Adopt(r) => self.shard(&r.shard)?.adopt(&r),
-            Request::Promote(r) => self.shard(&r.shard)?.promote(&r),
-            Request::Follow(r) => self.shard(&r.shard)?.follow(&r),
+            // These sync `shard.json` (and a snapshot its log): off the async workers.
+            Request::Adopt(r) => command(self.shard(&r.shard)?, move |s| s.adopt(&r)).await,
+            Request::Promote(r) => command(self.shard(&r.shard)?, move |s| s.promote(&r)).await,
+            Request::Follow(r) => command(self.shard(&r.shard)?, move |s| s.follow(&r)).await,
             Request::Append(r) => self.shard(&r.shard)?.append(r).await,
-            Request::Snapshot(r) => self.shard(&r.shard)?.snapshot_chunk(r),
+            Request::Snapshot(r) => {
+                command(self.shard(&r.shard)?, move |s| s.snapshot_chunk(r)).await
+            }
             Request::ReplicaStatus(r) => Ok(Response::Replica(self.shard(&r.shard)?.status())),
             Request::Forward(f) => Ok(crate::http::forwarded(self, f).await),
             Request::Once(o) => self.once(o).await,
@@ -262,7 +265,7 @@ impl Node {
             let lsn = shard.progress().applied;
             return Ok(Response::Written { count: 0, current_idx: shard.row_count(), lsn });
         }
-        let (lsn, current_idx) = shard.submit(Change::Insert(w.rows), id).await?;
+        let (lsn, current_idx) = shard.submit(Change::Insert(w.rows), id, None).await?;
         Ok(Response::Written { count, current_idx, lsn })
     }
 
@@ -278,7 +281,7 @@ impl Node {
             )));
         }
         let shard = self.shard(&u.shard)?;
-        let (lsn, _) = shard.submit(Change::Update(u.row), id).await?;
+        let (lsn, _) = shard.submit(Change::Update(u.row), id, None).await?;
         Ok(Response::Updated { key: u.key, lsn })
     }
 
@@ -288,7 +291,7 @@ impl Node {
         id: Option<RequestId>,
     ) -> std::result::Result<Response, ErrorBody> {
         let shard = self.shard(&d.shard)?;
-        let (lsn, _) = shard.submit(Change::Delete(d.key), id).await?;
+        let (lsn, _) = shard.submit(Change::Delete(d.key), id, d.only_if.as_ref()).await?;
         Ok(Response::Deleted { key: d.key, lsn })
     }
 
@@ -312,6 +315,17 @@ fn check_shard_id(id: &str) -> std::result::Result<(), ErrorBody> {
         Err(ErrorBody::bad_request(format!(
             "invalid shard id {id:?}: use 1 to {MAX_SHARD_ID_LEN} letters, digits, '_', '-' or '.'"
         )))
+    }
+}
+
+/// Runs a replication command of `shard` (it may sync files) on tokio's blocking threads.
+async fn command(
+    shard: Arc<Shard>,
+    f: impl FnOnce(&Shard) -> std::result::Result<Response, ErrorBody> + Send + 'static,
+) -> std::result::Result<Response, ErrorBody> {
+    match tokio::task::spawn_blocking(move || f(&shard)).await {
+        Ok(r) => r,
+        Err(e) => Err(ErrorBody::internal(format!("replication command failed: {e}"))),
     }
 }
 

@@ -123,8 +123,55 @@ impl Shard {
     }
 
     /// `Append` from the primary: check that the records extend the log, cut a divergent
-    /// tail, append, wait until durable, answer how far the log matches the primary's.
-    pub async fn append(&self, req: AppendReq) -> Result<Response, ErrorBody> {
+    /// tail, append, wait until durable, answer how far the log matches the primary's. An
+    /// `Append` that changes the epoch or role (`shard.json` synced) or cuts the log (synced)
+    /// does that on tokio's blocking threads, not on an async worker.
+    pub async fn append(self: Arc<Self>, req: AppendReq) -> Result<Response, ErrorBody> {
+        let step = if self.append_syncs_files(&req) {
+            let shard = self.clone();
+            tokio::task::spawn_blocking(move || shard.append_records(req)).await.unwrap_or_else(
+                |e| Err(ErrorBody::internal(format!("the append did not finish: {e}"))),
+            )?
+        } else {
+            self.append_records(req)?
+        };
+        let target = match step {
+            AppendStep::Answer(r) => return Ok(r),
+            AppendStep::Appended { target, appended } => {
+                if let Some(lsn) = appended {
+                    self.core.after_append(lsn);
+                }
+                target
+            }
+        };
+        let core = &*self.core;
+        // Answer only once what we claim to hold is durable here.
+        let mut rx = core.durable.subscribe();
+        rx.wait_for(|d| *d >= target)
+            .await
+            .map_err(|_| ErrorBody::unavailable("the shard is shutting down"))?;
+        core.advance();
+        Ok(Response::Appended { match_lsn: target })
+    }
+
+    /// Whether `append_records(req)` would sync a file: a newer epoch or another role, or
+    /// a record at a position where the local log holds one of another epoch (a cut).
+    fn append_syncs_files(&self, req: &AppendReq) -> bool {
+        let st = self.core.lock_state();
+        let last = self.core.wal.last().0;
+        let following =
+            matches!(&st.meta.role, Role::Secondary { primary: Some(p) } if *p == req.primary);
+        req.epoch != st.meta.epoch
+            || !following
+            || req
+                .records
+                .iter()
+                .take_while(|r| r.lsn <= last)
+                .any(|r| r.lsn > st.base.0 && st.epoch_at(r.lsn, last) != Some(r.epoch))
+    }
+
+    /// The synchronous part of `Append`, under the state lock.
+    fn append_records(&self, req: AppendReq) -> Result<AppendStep, ErrorBody> {
         let core = &*self.core;
         let n = req.records.len() as u64;
         let target = req.prev_lsn + n;
@@ -136,15 +183,18 @@ impl Shard {
             // Does our log hold the record the primary builds on?
             if req.prev_lsn > st.base.0 {
                 if req.prev_lsn > last {
-                    return Ok(Response::AppendMismatch { last_lsn: last, conflict_epoch: None });
+                    return Ok(AppendStep::Answer(Response::AppendMismatch {
+                        last_lsn: last,
+                        conflict_epoch: None,
+                    }));
                 }
                 match st.epoch_at(req.prev_lsn, last) {
                     Some(e) if e == req.prev_epoch => {}
                     other => {
-                        return Ok(Response::AppendMismatch {
+                        return Ok(AppendStep::Answer(Response::AppendMismatch {
                             last_lsn: last,
                             conflict_epoch: other,
-                        })
+                        }))
                     }
                 }
             } else if req.prev_lsn + n <= st.base.0 {
@@ -205,16 +255,7 @@ impl Shard {
             st.matched_lsn = st.matched_lsn.max(target);
             st.primary_commit = st.primary_commit.max(req.commit_lsn);
         }
-        if let Some(lsn) = appended {
-            core.after_append(lsn);
-        }
-        // Answer only once what we claim to hold is durable here.
-        let mut rx = core.durable.subscribe();
-        rx.wait_for(|d| *d >= target)
-            .await
-            .map_err(|_| ErrorBody::unavailable("the shard is shutting down"))?;
-        core.advance();
-        Ok(Response::Appended { match_lsn: target })
+        Ok(AppendStep::Appended { target, appended })
     }
 
     /// A snapshot chunk from the primary; the last one installs the snapshot.
@@ -269,6 +310,14 @@ impl Shard {
         core.advance();
         Ok(Response::SnapshotTaken { next_seq })
     }
+}
+
+/// What the synchronous part of an `Append` left to do.
+enum AppendStep {
+    /// Answered already (the log does not hold the record the primary builds on).
+    Answer(Response),
+    /// Records up to `target` are in the log; `appended`, the last one appended now.
+    Appended { target: Lsn, appended: Option<Lsn> },
 }
 
 impl Core {

@@ -578,13 +578,15 @@ impl Shard {
     /// the refusal may no longer hold.
     ///
     /// With an `id`, a change already logged under it (an earlier attempt of the same
-    /// request) is not applied again: the answer waits for that record instead.
+    /// request) is not applied again: the answer waits for that record instead. With
+    /// `only_if` (a delete), the row must be exactly that one, with no change of it pending.
     pub async fn submit(
         &self,
         change: Change,
         id: Option<RequestId>,
+        only_if: Option<&Row>,
     ) -> std::result::Result<(Lsn, u64), ErrorBody> {
-        match self.propose_or_refuse(change, id) {
+        match self.propose_or_refuse(change, id, only_if) {
             Ok((lsn, count, generation)) => {
                 self.wait_applied(lsn, generation).await?;
                 Ok((lsn, count))
@@ -611,6 +613,7 @@ impl Shard {
         &self,
         change: Change,
         id: Option<RequestId>,
+        only_if: Option<&Row>,
     ) -> std::result::Result<(Lsn, u64, u64), Refusal> {
         let core = &*self.core;
         let mut st = core.lock_state();
@@ -674,6 +677,19 @@ impl Shard {
             Change::Delete(key) => {
                 if let (false, after) = st.exists_after(*key) {
                     return Err(rests(after, not_found(*key, &core.id)));
+                }
+                if let Some(want) = only_if {
+                    let (_, pending) = st.exists_after(*key);
+                    if pending.is_some() || st.rows.get(key) != Some(want) {
+                        return Err(rests(
+                            pending,
+                            ErrorBody::not_found(format!(
+                                "Data entry for Stud_id:{key} in shard {} is not the one given \
+                                 (changed since); not removed",
+                                core.id
+                            )),
+                        ));
+                    }
                 }
             }
             Change::Barrier | Change::Tagged(..) => {

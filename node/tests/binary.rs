@@ -594,7 +594,9 @@ async fn update_and_delete() {
     );
     assert_eq!(read(&conn, "sh1", 0, 4095).await, (vec![new.clone(), row(2256)], ulsn));
 
-    let del = |shard: &str, key: i64| Request::Delete(DeleteReq { shard: shard.into(), key });
+    let del = |shard: &str, key: i64| {
+        Request::Delete(DeleteReq { shard: shard.into(), key, only_if: None })
+    };
     let got = conn.call(del("sh1", 2256)).await.unwrap();
     let Response::Deleted { key, lsn: dlsn } = got else { panic!("{got:?}") };
     assert_eq!(key, 2256);
@@ -609,6 +611,31 @@ async fn update_and_delete() {
     let (count, idx, _) = write(&conn, "sh1", rows([2256])).await;
     assert_eq!((count, idx), (1, 2));
     assert_eq!(copy_one(&conn, "sh1").await, vec![new, row(2256)]);
+    server.shutdown().await;
+}
+
+/// A router taking back its own write removes a row only if it is still the one it wrote:
+/// a row another client changed since stays (404, nothing removed).
+#[tokio::test]
+async fn a_conditional_delete_removes_only_the_row_as_given() {
+    let (_dir, server, conn) = configured().await;
+    write(&conn, "sh1", rows([10, 11])).await;
+    let del_if = |key: i64, want: Row| {
+        Request::Delete(DeleteReq { shard: "sh1".into(), key, only_if: Some(want) })
+    };
+    // Another client changed row 10 since: not removed.
+    let changed =
+        Row { key: 10, values: vec![Value::Int(10), Value::Str("other".into()), Value::Int(1)] };
+    let upd = Request::Update(UpdateReq { shard: "sh1".into(), key: 10, row: changed.clone() });
+    assert!(matches!(conn.call(upd).await, Ok(Response::Updated { .. })));
+    assert_remote(
+        conn.call(del_if(10, row(10))).await,
+        ErrorKind::NotFound,
+        &["Stud_id:10", "changed since"],
+    );
+    // Row 11 is as written: removed.
+    assert!(matches!(conn.call(del_if(11, row(11))).await, Ok(Response::Deleted { key: 11, .. })));
+    assert_eq!(copy_one(&conn, "sh1").await, vec![changed]);
     server.shutdown().await;
 }
 

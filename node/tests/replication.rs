@@ -658,7 +658,9 @@ async fn a_change_sent_again_under_its_id_is_applied_once_even_after_a_failover(
     let insert = |k: i64| {
         Request::Write(WriteReq { shard: SHARD.into(), curr_idx: None, rows: vec![row(k)] })
     };
-    let delete = |k: i64| Request::Delete(protocol::DeleteReq { shard: SHARD.into(), key: k });
+    let delete = |k: i64| {
+        Request::Delete(protocol::DeleteReq { shard: SHARD.into(), key: k, only_if: None })
+    };
     // The first try and a retry of the same write: one row, the same LSN, no "exists".
     let first = match c.call(once(1, insert(5))).await {
         Ok(Response::Written { lsn, .. }) => lsn,
@@ -711,7 +713,9 @@ async fn a_change_sent_again_under_its_id_is_applied_once_after_restarts_and_sna
     let insert = |k: i64| {
         Request::Write(WriteReq { shard: SHARD.into(), curr_idx: None, rows: vec![row(k)] })
     };
-    let delete = |k: i64| Request::Delete(protocol::DeleteReq { shard: SHARD.into(), key: k });
+    let delete = |k: i64| {
+        Request::Delete(protocol::DeleteReq { shard: SHARD.into(), key: k, only_if: None })
+    };
     assert!(matches!(c.call(insert(5)).await, Ok(Response::Written { .. })));
     // A delete under an id, then someone else writes the row again.
     assert!(matches!(c.call(once(7, delete(5))).await, Ok(Response::Deleted { .. })));

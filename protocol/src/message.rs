@@ -314,6 +314,9 @@ pub struct DeleteReq {
     pub shard: ShardId,
     /// Key of the row to remove.
     pub key: i64,
+    /// Remove the row only if it is exactly this one, with no change to it in flight (a
+    /// router taking back its own write); otherwise a 404 and nothing is removed.
+    pub only_if: Option<Row>,
 }
 
 /// A member of a shard's replica set: its name and the address of its binary protocol.

@@ -35,6 +35,10 @@ const MAX_HANDOVER_STEPS: usize = 32;
 /// The database state of the manager.
 pub(super) struct Db {
     state: Mutex<DbState>,
+    /// The manager's log (`None` in memory only); written off the async workers, one
+    /// write at a time under `writing`, so events apply in log order.
+    log: Option<Arc<CatalogLog>>,
+    writing: tokio::sync::Mutex<()>,
     /// Serializes admin operations and supervisor rounds; holds what they share.
     pub ops: tokio::sync::Mutex<Runtime>,
     view: watch::Sender<Arc<CatalogView>>,
@@ -45,7 +49,6 @@ pub(super) struct Db {
 
 struct DbState {
     catalog: Catalog,
-    log: Option<CatalogLog>,
     version: u64,
 }
 
@@ -73,7 +76,9 @@ impl Db {
             .map_or(1, |d| d.as_millis() as u64);
         let view = CatalogView { version, catalog: catalog.clone(), servers: Vec::new() };
         Db {
-            state: Mutex::new(DbState { catalog, log, version }),
+            state: Mutex::new(DbState { catalog, version }),
+            log: log.map(Arc::new),
+            writing: tokio::sync::Mutex::new(()),
             ops: tokio::sync::Mutex::new(Runtime::default()),
             view: watch::channel(Arc::new(view)).0,
             nodes: Nodes::new(),
@@ -84,6 +89,16 @@ impl Db {
     fn lock(&self) -> MutexGuard<'_, DbState> {
         // Critical sections leave the state consistent (apply after a durable append).
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Runs a log write (an fsync) on tokio's blocking threads, not on an async worker.
+async fn off_worker(
+    write: impl FnOnce() -> Result<(), String> + Send + 'static,
+) -> Result<(), ErrorBody> {
+    match tokio::task::spawn_blocking(write).await {
+        Ok(r) => r.map_err(ErrorBody::internal),
+        Err(e) => Err(ErrorBody::internal(format!("the manager's log write did not finish: {e}"))),
     }
 }
 
@@ -142,23 +157,22 @@ impl Manager {
     }
 
     /// Makes `ev` durable in the manager's log, applies it, and publishes the new view.
-    pub(super) fn persist(&self, ev: CatalogEvent) -> Result<(), ErrorBody> {
-        {
-            let mut st = self.db.lock();
-            if let Some(log) = &st.log {
-                log.append_catalog(&ev).map_err(ErrorBody::internal)?;
-            }
-            st.catalog.apply(&ev);
+    pub(super) async fn persist(&self, ev: CatalogEvent) -> Result<(), ErrorBody> {
+        let _in_order = self.db.writing.lock().await;
+        if let Some(log) = self.db.log.clone() {
+            let logged = ev.clone();
+            off_worker(move || log.append_catalog(&logged)).await?;
         }
+        self.db.lock().catalog.apply(&ev);
         self.publish_view();
         Ok(())
     }
 
     /// Makes a membership change durable in the manager's log.
-    pub(super) fn persist_member(&self, ev: &MemberEvent) -> Result<(), ErrorBody> {
-        let st = self.db.lock();
-        match &st.log {
-            Some(log) => log.append_member(ev).map_err(ErrorBody::internal),
+    pub(super) async fn persist_member(&self, ev: MemberEvent) -> Result<(), ErrorBody> {
+        let _in_order = self.db.writing.lock().await;
+        match self.db.log.clone() {
+            Some(log) => off_worker(move || log.append_member(&ev)).await,
             None => Ok(()),
         }
     }
@@ -245,7 +259,7 @@ impl Manager {
             members::validate_hostname(n)?;
         }
         self.ensure_members(&names).await?;
-        self.persist(ev)?;
+        self.persist(ev).await?;
         self.round(&mut rt).await;
         let cat = self.catalog();
         let missing: Vec<String> = cat
@@ -288,7 +302,7 @@ impl Manager {
             members::validate_hostname(n)?;
         }
         self.ensure_members(&names).await?;
-        self.persist(ev)?;
+        self.persist(ev).await?;
         self.round(&mut rt).await;
         drop(rt);
         self.wait_for_voters(&added, ADD_CATCH_UP_WAIT).await?;
@@ -373,7 +387,7 @@ impl Manager {
             rt.removing.clear();
             return Err(e);
         }
-        let persisted = self.persist(CatalogEvent::Remove { servers: out.clone() });
+        let persisted = self.persist(CatalogEvent::Remove { servers: out.clone() }).await;
         rt.removing.clear();
         persisted?;
         for n in &out {

@@ -246,7 +246,7 @@ impl Manager {
             Some(v) => CatalogEvent::Voters { shard: shard.into(), epoch, voters: v.clone() },
             None => CatalogEvent::Epoch { shard: shard.into(), epoch },
         };
-        self.persist(ev)?;
+        self.persist(ev).await?;
         // 2. Every live replica adopts it.
         let ms = self.membership();
         let mut everyone: BTreeSet<String> = cat.replicas(shard).into_iter().collect();
@@ -322,7 +322,7 @@ impl Manager {
         if let Some(current) = newer.filter(|c| *c >= epoch) {
             // A node knows an epoch this log does not (only if the log was lost): skip past
             // it; the next attempt takes a fresh one.
-            self.persist(CatalogEvent::Epoch { shard: shard.into(), epoch: current })?;
+            self.persist(CatalogEvent::Epoch { shard: shard.into(), epoch: current }).await?;
             return Err(ErrorBody::unavailable(format!(
                 "shard {shard}: a replica is at epoch {current}, past {epoch}; retrying"
             )));
@@ -348,7 +348,8 @@ impl Manager {
             shard: shard.into(),
             epoch,
             primary: primary.clone(),
-        })?;
+        })
+        .await?;
         let primary_addr = live_addr(&ms, &primary).unwrap_or_default();
         let promote = PromoteReq {
             shard: shard.into(),

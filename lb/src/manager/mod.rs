@@ -246,7 +246,7 @@ impl Manager {
     /// Removes `names` (the admin lock is held): durable first, then routers are told, then
     /// the processes stop and their data goes.
     async fn remove_locked(&self, names: &[String], reason: &str) -> Result<(), ErrorBody> {
-        self.persist_member(&catalog_log::MemberEvent::Removed { names: names.to_vec() })?;
+        self.persist_member(catalog_log::MemberEvent::Removed { names: names.to_vec() }).await?;
         {
             let mut t = self.lock_table();
             t.entries.retain(|e| {
@@ -346,9 +346,12 @@ impl Manager {
         };
         let logged = match failed {
             Some(e) => Err(ErrorBody::internal(e)),
-            None => self.persist_member(&catalog_log::MemberEvent::Added {
-                members: names.iter().cloned().zip(ids.iter().copied()).collect(),
-            }),
+            None => {
+                self.persist_member(catalog_log::MemberEvent::Added {
+                    members: names.iter().cloned().zip(ids.iter().copied()).collect(),
+                })
+                .await
+            }
         };
         if let Err(err) = logged {
             // Stop those that started; keep the data of replicas from an earlier life.

@@ -12,7 +12,9 @@
 //! one transaction. The router narrows the gap: with more than one group it first checks on
 //! each primary that none of the keys exists yet (the usual reason a node refuses a group),
 //! and if a node still refuses its group with a 400 (a concurrent writer won the race) the
-//! groups already written are deleted again before the 400 is answered. What it cannot undo
+//! groups already written are deleted again before the 400 is answered: each row only if it
+//! is still exactly as this request wrote it (`DeleteReq::only_if`), so a row another
+//! client updated meanwhile is left to that client. What it cannot undo
 //! is a node failing mid-way (no primary within the deadline): then the answer is an error
 //! that names the groups that were written, those that were not, and those that may or may
 //! not have been.
@@ -242,7 +244,7 @@ pub(super) async fn delete(router: &Router, body: &[u8]) -> Result<HttpResponse,
 /// Removes the row `key` through its shard's primary.
 pub(super) async fn delete_row(router: &Router, t: &DbTable, key: i64) -> Result<Lsn, ErrorBody> {
     let shard = shard_of(t, key)?;
-    let req = Request::Delete(DeleteReq { shard: shard.clone(), key });
+    let req = Request::Delete(DeleteReq { shard: shard.clone(), key, only_if: None });
     match router.primary_call(&shard, req).await.result? {
         Response::Deleted { lsn, .. } => Ok(lsn),
         other => Err(unexpected("a delete", &other)),
@@ -454,7 +456,13 @@ async fn partial_write_error(
         let undo = written.iter().flat_map(|&w| {
             let shard = &groups[w].0;
             groups[w].1.iter().map(move |r| async move {
-                let req = Request::Delete(DeleteReq { shard: shard.clone(), key: r.key });
+                // Only the row as this request wrote it: one another client changed since
+                // is theirs now, and stays (the node answers 404 and removes nothing).
+                let req = Request::Delete(DeleteReq {
+                    shard: shard.clone(),
+                    key: r.key,
+                    only_if: Some(r.clone()),
+                });
                 match router.primary_call(shard, req).await.result {
                     Err(d) if d.kind != ErrorKind::NotFound => {
                         Some(format!("Stud_id {} in {shard} ({})", r.key, d.bare()))

@@ -64,8 +64,11 @@ pub fn request() -> impl Strategy<Value = Request> {
             .prop_map(|(shard, curr_idx, rows)| Request::Write(WriteReq { shard, curr_idx, rows })),
         (shard_id(), any::<i64>(), row())
             .prop_map(|(shard, key, row)| Request::Update(UpdateReq { shard, key, row })),
-        (shard_id(), any::<i64>())
-            .prop_map(|(shard, key)| Request::Delete(DeleteReq { shard, key })),
+        (shard_id(), any::<i64>()).prop_map(|(shard, key)| Request::Delete(DeleteReq {
+            shard,
+            key,
+            only_if: None
+        })),
         (shard_id(), any::<u64>())
             .prop_map(|(shard, epoch)| Request::Adopt(AdoptReq { shard, epoch })),
         (shard_id(), any::<u64>(), vec(replica(), 0..4), vec(replica(), 0..2), quorum()).prop_map(
@@ -144,7 +147,11 @@ pub fn request() -> impl Strategy<Value = Request> {
         (any::<u64>(), any::<u64>(), any::<i64>()).prop_map(|(client, seq, key)| Request::Once(
             OnceReq {
                 id: RequestId { client, seq },
-                request: Box::new(Request::Delete(DeleteReq { shard: "sh1".into(), key })),
+                request: Box::new(Request::Delete(DeleteReq {
+                    shard: "sh1".into(),
+                    key,
+                    only_if: None
+                })),
             }
         )),
     ]
