@@ -1,7 +1,9 @@
 //! Fault injection, scenario 1: random `kill -9` of nodes (never more than one replica of a
-//! shard down at once) while clients insert, update, delete and read through one router.
-//! The whole history is checked for linearizability per key by `stateright`'s tester, every
-//! acknowledged change is on every replica at the end, and the replicas are identical.
+//! shard down at once) while clients insert (one row or several), update, delete and read
+//! (one key or a range) through one router. The whole history is checked for
+//! linearizability per group of keys (`GROUP` adjacent keys of one shard, which multi-row
+//! writes and range reads stay in) by `stateright`'s tester, every acknowledged change is on
+//! every replica at the end, and the replicas are identical.
 //!
 //! CI runs a few kills; `SHARDGATE_SOAK_KILLS=60 cargo test --release --test fault_kill`
 //! runs a soak. A history the checker rejects is written to the test's output folder.
@@ -30,6 +32,8 @@ const KEYS: [i64; 24] = [
     0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008,
     1009, 1010, 1011,
 ];
+/// Keys per group: a multi-row write or a range read covers keys of one group (one shard).
+const GROUP: i64 = 4;
 const CLIENTS: u64 = 6;
 /// Operations the clients complete, all replicas up, between one recovery and the next kill.
 const OPS_BETWEEN_KILLS: usize = 80;
@@ -61,12 +65,13 @@ async fn kill9_under_load_keeps_every_key_linearizable() {
     let up = ClusterProc::up(0, dir.path(), &["--init", &cfg]);
     let options = DbOptions { request_timeout: Duration::from_secs(10), ..Default::default() };
     let db = Db::connect_binary_with(up.addr("binary"), options).await.unwrap();
-    let h = Arc::new(History::new());
+    let h = Arc::new(History::grouped(GROUP));
     let stop = Arc::new(AtomicBool::new(false));
     let bad = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut clients = Vec::new();
     // Most operations one client makes (the loop ends earlier when the kills are done).
-    let w = Workload { keys: KEYS.to_vec(), max_ops: 2000, reads: Consistency::Default };
+    let w =
+        Workload { keys: KEYS.to_vec(), max_ops: 2000, reads: Consistency::Default, group: GROUP };
     for c in 0..CLIENTS {
         clients.push(tokio::spawn(client_loop(
             c,
@@ -174,12 +179,12 @@ async fn a_second_kill_inside_the_respawn_window_leaves_no_shard_without_a_prima
     for (_, key) in PROBES {
         db.write(&[workload::row(key, "probe")]).await.unwrap();
     }
-    let h = Arc::new(History::new());
+    let h = Arc::new(History::grouped(GROUP));
     let stop = Arc::new(AtomicBool::new(false));
     let bad = Arc::new(std::sync::Mutex::new(Vec::new()));
     // Enough operations for every round (each round takes a few hundred).
     let max_ops = 2000.max(rounds * 500 / CLIENTS as usize);
-    let w = Workload { keys: KEYS.to_vec(), max_ops, reads: Consistency::Default };
+    let w = Workload { keys: KEYS.to_vec(), max_ops, reads: Consistency::Default, group: GROUP };
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| {
             tokio::spawn(client_loop(
@@ -257,31 +262,50 @@ async fn a_second_kill_inside_the_respawn_window_leaves_no_shard_without_a_prima
 }
 
 /// The checker itself rejects what it must: a read that returns a value overwritten before
-/// it began, and a read of a row deleted before it began.
+/// it began, a read of a row deleted before it began, and a range read that sees half of
+/// a multi-row write.
 #[test]
 fn the_checker_rejects_stale_reads() {
+    let row = |k: i64, v: &str| (k, v.to_string());
     let h = History::new();
-    let w = h.invoke(1, 7, Op::Insert("a".into()));
+    let w = h.invoke(1, Op::Insert(vec![row(7, "a")]));
     h.complete(w, Outcome::Ok(Ret::Done));
-    let u = h.invoke(1, 7, Op::Update("b".into()));
+    let u = h.invoke(1, Op::Update(7, "b".into()));
     h.complete(u, Outcome::Ok(Ret::Done));
-    let r = h.invoke(2, 7, Op::Read);
-    h.complete(r, Outcome::Ok(Ret::Value(Some("a".into()))));
-    assert_eq!(h.non_linearizable_keys().unwrap(), [7]);
+    let r = h.invoke(2, Op::Read(7, 7));
+    h.complete(r, Outcome::Ok(Ret::Rows(vec![row(7, "a")])));
+    assert_eq!(h.non_linearizable_groups().unwrap(), [7]);
 
     let h = History::new();
-    let w = h.invoke(1, 8, Op::Insert("a".into()));
+    let w = h.invoke(1, Op::Insert(vec![row(8, "a")]));
     h.complete(w, Outcome::Ok(Ret::Done));
-    // An insert whose outcome is unknown may explain a later read of its value...
-    let maybe = h.invoke(2, 8, Op::Update("x".into()));
+    // An update whose outcome is unknown may explain a later read of its value...
+    let maybe = h.invoke(2, Op::Update(8, "x".into()));
     h.complete(maybe, Outcome::Unknown("timeout".into()));
-    let r = h.invoke(3, 8, Op::Read);
-    h.complete(r, Outcome::Ok(Ret::Value(Some("x".into()))));
-    assert!(h.non_linearizable_keys().unwrap().is_empty());
+    let r = h.invoke(3, Op::Read(8, 8));
+    h.complete(r, Outcome::Ok(Ret::Rows(vec![row(8, "x")])));
+    assert!(h.non_linearizable_groups().unwrap().is_empty());
     // ...but nothing explains a deleted row coming back.
-    let d = h.invoke(3, 8, Op::Delete);
+    let d = h.invoke(3, Op::Delete(8));
     h.complete(d, Outcome::Ok(Ret::Done));
-    let r = h.invoke(4, 8, Op::Read);
-    h.complete(r, Outcome::Ok(Ret::Value(Some("a".into()))));
-    assert_eq!(h.non_linearizable_keys().unwrap(), [8]);
+    let r = h.invoke(4, Op::Read(8, 8));
+    h.complete(r, Outcome::Ok(Ret::Rows(vec![row(8, "a")])));
+    assert_eq!(h.non_linearizable_groups().unwrap(), [8]);
+
+    // Groups of four keys: a write of rows 4 and 6 happens whole or not at all.
+    let h = History::grouped(GROUP);
+    let w = h.invoke(1, Op::Insert(vec![row(4, "a"), row(6, "a")]));
+    h.complete(w, Outcome::Unknown("timeout".into()));
+    let r = h.invoke(2, Op::Read(4, 7));
+    h.complete(r, Outcome::Ok(Ret::Rows(vec![row(4, "a"), row(6, "a")])));
+    assert!(h.non_linearizable_groups().unwrap().is_empty());
+    let r = h.invoke(2, Op::Read(4, 7));
+    h.complete(r, Outcome::Ok(Ret::Rows(vec![row(6, "a")])));
+    assert_eq!(h.non_linearizable_groups().unwrap(), [1], "half a write seen after all of it");
+    let h = History::grouped(GROUP);
+    let w = h.invoke(1, Op::Insert(vec![row(4, "a"), row(6, "a")]));
+    h.complete(w, Outcome::Ok(Ret::Done));
+    let x = h.invoke(2, Op::Insert(vec![row(5, "b"), row(6, "b")]));
+    h.complete(x, Outcome::Ok(Ret::Done));
+    assert_eq!(h.non_linearizable_groups().unwrap(), [1], "a write over an existing row");
 }

@@ -10,7 +10,8 @@
 //!
 //! - Two routers, linearizable reads: the primary is cut off from the manager and its
 //!   secondaries (both ways in even rounds, only its outgoing packets in odd ones) and a new
-//!   one elected. The whole history is linearizable per key: the old primary neither
+//!   one elected. The whole history is linearizable per group of keys (multi-row writes and
+//!   range reads included): the old primary neither
 //!   acknowledges a write nor answers a read once it may be stale.
 //! - One router, default reads, the same cuts: linearizable too (the router's LSN floor).
 //! - Two routers, linearizable reads: every link of the primary (routers included) loses
@@ -47,6 +48,8 @@ const SERVERS: [&str; 3] = ["Server1", "Server2", "Server3"];
 const SHARDS: [&str; 2] = ["sh1", "sh2"];
 /// A few keys per shard, so that operations on one key overlap.
 const KEYS: [i64; 12] = [0, 1, 2, 3, 4, 5, 1000, 1001, 1002, 1003, 1004, 1005];
+/// Keys per group: a multi-row write or a range read covers keys of one group (one shard).
+const GROUP: i64 = 2;
 /// Operations the clients complete in each phase of a round (cut, healed).
 const OPS_PER_PHASE: usize = 60;
 
@@ -167,10 +170,10 @@ async fn under_faults(test: &str, block: u8, routers: u8, reads: Consistency, ne
     for i in 0..routers as usize {
         dbs.push(sys.db(i).await);
     }
-    let h = Arc::new(History::new());
+    let h = Arc::new(History::grouped(GROUP));
     let stop = Arc::new(AtomicBool::new(false));
     let bad = Arc::new(Mutex::new(Vec::new()));
-    let w = Workload { keys: KEYS.to_vec(), max_ops: 5000, reads };
+    let w = Workload { keys: KEYS.to_vec(), max_ops: 5000, reads, group: GROUP };
     let clients: Vec<_> = (0..6u64)
         .map(|c| {
             let db = dbs[c as usize % dbs.len()].clone();

@@ -1,10 +1,14 @@
 //! A history of client operations on the database and its check for linearizability, per
-//! key, with `stateright`'s linearizability tester (a checker we did not write).
+//! group of keys, with `stateright`'s linearizability tester (a checker we did not write).
 //!
-//! Each key is a register that holds a row or nothing; the operations are the contract's:
-//! insert (`/write`), update, delete and a read of the key. Every operation is recorded
-//! when invoked and when it completes. An operation whose outcome is unknown (no answer, a
-//! 5xx, a timeout) stays *in flight* forever: the checker may place it anywhere after its
+//! A group is a few adjacent keys of one shard (`History::grouped`; one key per group with
+//! `History::new`), holding a row or nothing per key; the operations are the contract's:
+//! a `/write` of one or more rows of the group (one shard's write is all or nothing),
+//! update, delete, and a `/read` of a range inside the group (one shard's read is one
+//! replica's state). Every operation touches one group, so checking each group on its own
+//! is exact (linearizability is compositional). Every operation is recorded when invoked
+//! and when it completes. An operation whose outcome is unknown (no answer, a 5xx, a
+//! timeout) stays *in flight* forever: the checker may place it anywhere after its
 //! invocation or leave it out, which is exactly "it may or may not have happened". Its client
 //! continues under a new thread id, as a Jepsen process does after a crash.
 
@@ -17,21 +21,40 @@ use std::time::Instant;
 
 use stateright::semantics::{ConsistencyTester, LinearizabilityTester, SequentialSpec};
 
-/// One key's value: the row's name, or no row.
+/// One group's rows: the name of each key's row; a key without a row is absent.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Cell(pub Option<String>);
+pub struct Group(pub BTreeMap<i64, String>);
 
-/// An operation on one key.
+/// An operation on one group.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
-    /// `/write` of a row with this name (refused when the key exists).
-    Insert(String),
-    /// `/update` to this name (404 when the key does not exist).
-    Update(String),
-    /// `/del` (404 when the key does not exist).
-    Delete,
-    /// `/read` of the key alone.
-    Read,
+    /// One `/write` of these rows (key, name): refused whole when one of the keys exists.
+    Insert(Vec<(i64, String)>),
+    /// `/update` of a key to this name (404 when the key does not exist).
+    Update(i64, String),
+    /// `/del` of a key (404 when the key does not exist).
+    Delete(i64),
+    /// `/read` of the keys `low..=high`.
+    Read(i64, i64),
+}
+
+impl Op {
+    /// A key the operation touches (they are all in one group).
+    pub fn key(&self) -> i64 {
+        match self {
+            Op::Insert(rows) => rows.first().map_or(0, |r| r.0),
+            Op::Update(k, _) | Op::Delete(k) | Op::Read(k, _) => *k,
+        }
+    }
+
+    /// Every key it touches, for the recorder's check that they share a group.
+    fn keys(&self) -> Vec<i64> {
+        match self {
+            Op::Insert(rows) => rows.iter().map(|r| r.0).collect(),
+            Op::Update(k, _) | Op::Delete(k) => vec![*k],
+            Op::Read(low, high) => vec![*low, *high],
+        }
+    }
 }
 
 /// A definite outcome.
@@ -39,35 +62,39 @@ pub enum Op {
 pub enum Ret {
     /// The change was made.
     Done,
-    /// Refused: the key exists (insert).
+    /// Refused: a key exists (insert).
     Exists,
     /// Refused: no such key (update, delete).
     Missing,
-    /// What a read returned.
-    Value(Option<String>),
+    /// What a read returned: (key, name) in key order.
+    Rows(Vec<(i64, String)>),
 }
 
-impl SequentialSpec for Cell {
+impl SequentialSpec for Group {
     type Op = Op;
     type Ret = Ret;
 
     fn invoke(&mut self, op: &Op) -> Ret {
         match op {
-            Op::Insert(v) if self.0.is_none() => {
-                self.0 = Some(v.clone());
+            Op::Insert(rows) if rows.iter().any(|(k, _)| self.0.contains_key(k)) => Ret::Exists,
+            Op::Insert(rows) => {
+                self.0.extend(rows.iter().cloned());
                 Ret::Done
             }
-            Op::Insert(_) => Ret::Exists,
-            Op::Update(v) if self.0.is_some() => {
-                self.0 = Some(v.clone());
-                Ret::Done
+            Op::Update(k, v) => match self.0.get_mut(k) {
+                Some(old) => {
+                    *old = v.clone();
+                    Ret::Done
+                }
+                None => Ret::Missing,
+            },
+            Op::Delete(k) => match self.0.remove(k) {
+                Some(_) => Ret::Done,
+                None => Ret::Missing,
+            },
+            Op::Read(low, high) => {
+                Ret::Rows(self.0.range(*low..=*high).map(|(k, v)| (*k, v.clone())).collect())
             }
-            Op::Delete if self.0.is_some() => {
-                self.0 = None;
-                Ret::Done
-            }
-            Op::Update(_) | Op::Delete => Ret::Missing,
-            Op::Read => Ret::Value(self.0.clone()),
         }
     }
 }
@@ -85,7 +112,7 @@ pub enum Outcome {
 #[derive(Clone, Debug)]
 struct Entry {
     thread: u64,
-    key: i64,
+    group: i64,
     op: Op,
     invoked_ms: f64,
     completed_ms: Option<f64>,
@@ -93,24 +120,27 @@ struct Entry {
 }
 
 struct Inner {
-    testers: BTreeMap<i64, LinearizabilityTester<u64, Cell>>,
+    testers: BTreeMap<i64, LinearizabilityTester<u64, Group>>,
     entries: Vec<Entry>,
-    /// Invalid use of the recorder (a thread with two operations in flight on one key).
+    /// Invalid use of the recorder (a thread with two operations in flight on one group, an
+    /// operation across groups).
     misuse: Option<String>,
 }
 
-/// What the checker found.
+/// What the checker found (groups by their number: a key divided by the group size).
 #[derive(Debug, Default)]
 pub struct Verdict {
-    /// Keys whose history is not linearizable.
+    /// Groups whose history is not linearizable.
     pub wrong: Vec<i64>,
-    /// Keys the checker did not decide within its budget.
+    /// Groups the checker did not decide within its budget.
     pub undecided: Vec<i64>,
 }
 
 /// The shared history of a test run.
 pub struct History {
     start: Instant,
+    /// Keys per group: key `k` is in group `k.div_euclid(group_size)`.
+    group_size: i64,
     inner: Mutex<Inner>,
 }
 
@@ -118,7 +148,7 @@ pub struct History {
 pub struct Pending {
     index: usize,
     thread: u64,
-    key: i64,
+    group: i64,
 }
 
 impl Default for History {
@@ -128,9 +158,16 @@ impl Default for History {
 }
 
 impl History {
+    /// A history of single keys (each key its own group).
     pub fn new() -> History {
+        History::grouped(1)
+    }
+
+    /// A history whose groups are the aligned blocks of `group_size` keys.
+    pub fn grouped(group_size: i64) -> History {
         History {
             start: Instant::now(),
+            group_size: group_size.max(1),
             inner: Mutex::new(Inner {
                 testers: BTreeMap::new(),
                 entries: Vec::new(),
@@ -139,20 +176,37 @@ impl History {
         }
     }
 
+    /// The group of `key`.
+    pub fn group_of(&self, key: i64) -> i64 {
+        key.div_euclid(self.group_size)
+    }
+
     fn now_ms(&self) -> f64 {
         self.start.elapsed().as_secs_f64() * 1000.0
     }
 
-    /// Records that `thread` invokes `op` on `key`.
-    pub fn invoke(&self, thread: u64, key: i64, op: Op) -> Pending {
+    /// Records that `thread` invokes `op`.
+    pub fn invoke(&self, thread: u64, op: Op) -> Pending {
         let t = self.now_ms();
+        let group = self.group_of(op.key());
         let mut g = self.inner.lock().unwrap();
-        let tester = g.testers.entry(key).or_insert_with(|| LinearizabilityTester::new(Cell(None)));
+        if op.keys().iter().any(|k| self.group_of(*k) != group) {
+            g.misuse.get_or_insert(format!("{op:?} spans groups of {} keys", self.group_size));
+        }
+        let tester =
+            g.testers.entry(group).or_insert_with(|| LinearizabilityTester::new(Group::default()));
         if let Err(e) = tester.on_invoke(thread, op.clone()) {
             g.misuse.get_or_insert(e);
         }
-        g.entries.push(Entry { thread, key, op, invoked_ms: t, completed_ms: None, outcome: None });
-        Pending { index: g.entries.len() - 1, thread, key }
+        g.entries.push(Entry {
+            thread,
+            group,
+            op,
+            invoked_ms: t,
+            completed_ms: None,
+            outcome: None,
+        });
+        Pending { index: g.entries.len() - 1, thread, group }
     }
 
     /// Records how the operation ended; an unknown outcome stays in flight.
@@ -160,7 +214,7 @@ impl History {
         let t = self.now_ms();
         let mut g = self.inner.lock().unwrap();
         if let Outcome::Ok(ret) = &outcome {
-            if let Some(tester) = g.testers.get_mut(&p.key) {
+            if let Some(tester) = g.testers.get_mut(&p.group) {
                 if let Err(e) = tester.on_return(p.thread, ret.clone()) {
                     g.misuse.get_or_insert(e);
                 }
@@ -179,18 +233,17 @@ impl History {
         (g.entries.len(), unknown)
     }
 
-    /// The keys whose history is not linearizable (empty when all are), checking each key's
-    /// history on its own (linearizability is compositional).
-    pub fn non_linearizable_keys(&self) -> Result<Vec<i64>, String> {
+    /// The groups whose history is not linearizable (empty when all are).
+    pub fn non_linearizable_groups(&self) -> Result<Vec<i64>, String> {
         let verdict = self.check(std::time::Duration::MAX)?;
         Ok(verdict.wrong)
     }
 
-    /// Checks every key's history, each on its own thread, for at most `budget`: the
+    /// Checks every group's history, each on its own thread, for at most `budget`: the
     /// checker's search is exponential in the worst case (mostly when it must prove that no
-    /// order works), so a key it has not decided by then is reported as such.
+    /// order works), so a group it has not decided by then is reported as such.
     pub fn check(&self, budget: std::time::Duration) -> Result<Verdict, String> {
-        let testers: Vec<(i64, LinearizabilityTester<u64, Cell>)> = {
+        let testers: Vec<(i64, LinearizabilityTester<u64, Group>)> = {
             let g = self.inner.lock().unwrap();
             if let Some(m) = &g.misuse {
                 return Err(format!("the recorder was misused: {m}"));
@@ -198,10 +251,10 @@ impl History {
             g.testers.iter().map(|(k, t)| (*k, t.clone())).collect()
         };
         let (tx, rx) = std::sync::mpsc::channel();
-        for (key, tester) in testers.iter().cloned() {
+        for (group, tester) in testers.iter().cloned() {
             let tx = tx.clone();
             std::thread::spawn(move || {
-                let _ = tx.send((key, tester.is_consistent()));
+                let _ = tx.send((group, tester.is_consistent()));
             });
         }
         drop(tx);
@@ -213,10 +266,10 @@ impl History {
                 Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())).ok(),
                 None => rx.recv().ok(),
             };
-            let Some((key, ok)) = next else { break };
-            decided.insert(key);
+            let Some((group, ok)) = next else { break };
+            decided.insert(group);
             if !ok {
-                verdict.wrong.push(key);
+                verdict.wrong.push(group);
             }
         }
         verdict.wrong.sort();
@@ -225,16 +278,17 @@ impl History {
         Ok(verdict)
     }
 
-    /// The operations on `keys` (all when empty) as text, one per line, in invocation order.
-    pub fn render(&self, keys: &[i64]) -> String {
+    /// The operations on `groups` (all when empty) as text, one per line, in invocation
+    /// order.
+    pub fn render(&self, groups: &[i64]) -> String {
         let g = self.inner.lock().unwrap();
         let mut out = String::new();
-        for e in g.entries.iter().filter(|e| keys.is_empty() || keys.contains(&e.key)) {
+        for e in g.entries.iter().filter(|e| groups.is_empty() || groups.contains(&e.group)) {
             let done = e.completed_ms.map_or("...".to_string(), |t| format!("{t:.1}"));
             let _ = writeln!(
                 out,
-                "key {:>5}  thread {:>6}  [{:>9.1} .. {:>9}]  {:?} -> {:?}",
-                e.key, e.thread, e.invoked_ms, done, e.op, e.outcome
+                "group {:>5}  thread {:>6}  [{:>9.1} .. {:>9}]  {:?} -> {:?}",
+                e.group, e.thread, e.invoked_ms, done, e.op, e.outcome
             );
         }
         out

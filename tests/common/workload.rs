@@ -34,6 +34,9 @@ pub struct Workload {
     pub max_ops: usize,
     /// How reads are made.
     pub reads: Consistency,
+    /// Keys per group (as the history's `History::grouped`): a multi-row write or a range
+    /// read stays inside one group, which lies in one shard; 1 for single-key operations.
+    pub group: i64,
 }
 
 /// The history's view of a change's answer; `Err` for a refusal that must not happen.
@@ -47,7 +50,7 @@ pub fn change_outcome(r: Result<(), DbError>, op: &Op) -> Result<Outcome, String
                 Err(format!("an insert was refused for another reason: {e}"))
             }
         }
-        Err(e) if e.status == 404 && matches!(op, Op::Update(_) | Op::Delete) => {
+        Err(e) if e.status == 404 && matches!(op, Op::Update(..) | Op::Delete(_)) => {
             Ok(Outcome::Ok(Ret::Missing))
         }
         Err(e) if e.status == 400 || e.status == 404 => Err(format!("{op:?} refused: {e}")),
@@ -69,19 +72,36 @@ pub async fn client_loop(
 ) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(c);
     let mut thread = c * 1_000_000;
+    let group = w.group.max(1);
     for n in 0..w.max_ops {
         if stop.load(Ordering::Relaxed) {
             return;
         }
         let key = w.keys[rng.gen_range(0..w.keys.len())];
+        let mates: Vec<i64> = w
+            .keys
+            .iter()
+            .copied()
+            .filter(|k| k.div_euclid(group) == key.div_euclid(group))
+            .collect();
         let name = format!("c{c}n{n}");
-        let op = match rng.gen_range(0..10) {
-            0..=3 => Op::Read,
-            4..=5 => Op::Insert(name.clone()),
-            6..=7 => Op::Update(name.clone()),
-            _ => Op::Delete,
+        let op = match rng.gen_range(0..20) {
+            0..=5 => Op::Read(key, key),
+            6..=7 => Op::Read(mates[0], mates[mates.len() - 1]),
+            8..=10 => Op::Insert(vec![(key, name.clone())]),
+            11..=12 => {
+                // Several rows of the group in one write.
+                let mut keys = mates.clone();
+                keys.retain(|_| rng.gen_bool(0.6));
+                if keys.is_empty() {
+                    keys.push(key);
+                }
+                Op::Insert(keys.into_iter().map(|k| (k, name.clone())).collect())
+            }
+            13..=16 => Op::Update(key, name.clone()),
+            _ => Op::Delete(key),
         };
-        let p = h.invoke(thread, key, op.clone());
+        let p = h.invoke(thread, op.clone());
         let change = |r: Result<(), DbError>| match change_outcome(r, &op) {
             Ok(o) => o,
             Err(why) => {
@@ -90,23 +110,22 @@ pub async fn client_loop(
             }
         };
         let outcome = match &op {
-            Op::Read => {
+            Op::Read(low, high) => {
                 let rows = match w.reads {
-                    Consistency::Linearizable => db.read_linearizable(key, key).await,
-                    _ => db.read(key, key).await,
+                    Consistency::Linearizable => db.read_linearizable(*low, *high).await,
+                    _ => db.read(*low, *high).await,
                 };
                 match rows {
-                    Ok(rows) => {
-                        let v =
-                            rows.first().and_then(|r| r["Stud_name"].as_str().map(str::to_string));
-                        Outcome::Ok(Ret::Value(v))
-                    }
+                    Ok(rows) => Outcome::Ok(Ret::Rows(named(&rows))),
                     Err(e) => Outcome::Unknown(e.to_string()),
                 }
             }
-            Op::Insert(v) => change(db.write(&[row(key, v)]).await.map(drop)),
-            Op::Update(v) => change(db.update(key, &row(key, v)).await),
-            Op::Delete => change(db.delete(key).await),
+            Op::Insert(rows) => {
+                let rows: Vec<Json> = rows.iter().map(|(k, v)| row(*k, v)).collect();
+                change(db.write(&rows).await.map(drop))
+            }
+            Op::Update(k, v) => change(db.update(*k, &row(*k, v)).await),
+            Op::Delete(k) => change(db.delete(*k).await),
         };
         let unknown = matches!(outcome, Outcome::Unknown(_));
         h.complete(p, outcome);
@@ -117,9 +136,19 @@ pub async fn client_loop(
     }
 }
 
+/// Rows as the history sees them: (Stud_id, Stud_name), in key order.
+fn named(rows: &[Json]) -> Vec<(i64, String)> {
+    let mut out: Vec<(i64, String)> = rows
+        .iter()
+        .filter_map(|r| Some((r["Stud_id"].as_i64()?, r["Stud_name"].as_str()?.to_string())))
+        .collect();
+    out.sort();
+    out
+}
+
 /// The end of a run: reads every row of the fault tests' two shards through `db`, waits (up
 /// to 30 s) until each of `servers` holds exactly those rows, fails the test if one does
-/// not, and adds the final state to the history as reads of every key of `keys` that
+/// not, and adds the final state to the history as a read of each group of `keys` that
 /// started after everything else ended. Returns the rows.
 pub async fn final_state(db: &Db, servers: &[&str], h: &History, keys: &[i64]) -> Vec<Json> {
     let everything = db.read(0, 1999).await.expect("a final read of every row");
@@ -134,13 +163,19 @@ pub async fn final_state(db: &Db, servers: &[&str], h: &History, keys: &[i64]) -
     })
     .await;
     assert!(converged.is_some(), "replicas differ from each other or from the router's read");
+    let mut groups: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
     for &key in keys {
-        let v = everything
+        groups.entry(h.group_of(key)).or_default().push(key);
+    }
+    for members in groups.values() {
+        let (low, high) = (members[0], members[members.len() - 1]);
+        let rows: Vec<Json> = everything
             .iter()
-            .find(|r| r["Stud_id"].as_i64() == Some(key))
-            .and_then(|r| r["Stud_name"].as_str().map(str::to_string));
-        let p = h.invoke(u64::MAX - 1, key, Op::Read);
-        h.complete(p, Outcome::Ok(Ret::Value(v)));
+            .filter(|r| r["Stud_id"].as_i64().is_some_and(|k| (low..=high).contains(&k)))
+            .cloned()
+            .collect();
+        let p = h.invoke(u64::MAX - 1, Op::Read(low, high));
+        h.complete(p, Outcome::Ok(Ret::Rows(named(&rows))));
     }
     everything
 }
@@ -155,11 +190,11 @@ pub fn assert_linearizable(h: &History, test: &str) {
     if v.wrong.is_empty() && v.undecided.is_empty() {
         return;
     }
-    let keys: Vec<i64> = v.wrong.iter().chain(&v.undecided).copied().collect();
+    let groups: Vec<i64> = v.wrong.iter().chain(&v.undecided).copied().collect();
     let out = super::output_dir(test).join("history.txt");
-    let _ = std::fs::write(&out, h.render(&keys));
+    let _ = std::fs::write(&out, h.render(&groups));
     panic!(
-        "history not linearizable for keys {:?}, undecided after {budget:?} for keys {:?}; \
+        "history not linearizable for groups {:?}, undecided after {budget:?} for groups {:?}; \
          written to {}",
         v.wrong,
         v.undecided,
