@@ -15,8 +15,7 @@ mod history;
 #[path = "common/workload.rs"]
 mod workload;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use client::{Db, DbOptions};
@@ -24,7 +23,7 @@ use common::*;
 use history::{History, Op, Outcome, Ret};
 use protocol::Consistency;
 use rand::{Rng, SeedableRng};
-use workload::{assert_linearizable, client_loop, config, final_state, Workload};
+use workload::{config, Clients, Workload};
 
 const SERVERS: [&str; 3] = ["Server1", "Server2", "Server3"];
 /// Keys the clients work on: a few per shard, so that operations on one key overlap.
@@ -35,6 +34,8 @@ const KEYS: [i64; 24] = [
 /// Keys per group: a multi-row write or a range read covers keys of one group (one shard).
 const GROUP: i64 = 4;
 const CLIENTS: u64 = 6;
+/// Rounds of a soak whose history is checked as one (a long history is slow to check).
+const SEGMENT_ROUNDS: usize = 10;
 /// Operations the clients complete, all replicas up, between one recovery and the next kill.
 const OPS_BETWEEN_KILLS: usize = 80;
 
@@ -65,23 +66,17 @@ async fn kill9_under_load_keeps_every_key_linearizable() {
     let up = ClusterProc::up(0, dir.path(), &["--init", &cfg]);
     let options = DbOptions { request_timeout: Duration::from_secs(10), ..Default::default() };
     let db = Db::connect_binary_with(up.addr("binary"), options).await.unwrap();
-    let h = Arc::new(History::grouped(GROUP));
-    let stop = Arc::new(AtomicBool::new(false));
-    let bad = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut clients = Vec::new();
     // Most operations one client makes (the loop ends earlier when the kills are done).
-    let w =
-        Workload { keys: KEYS.to_vec(), max_ops: 2000, reads: Consistency::Default, group: GROUP };
-    for c in 0..CLIENTS {
-        clients.push(tokio::spawn(client_loop(
-            c,
-            db.clone(),
-            w.clone(),
-            h.clone(),
-            stop.clone(),
-            bad.clone(),
-        )));
-    }
+    let w = Workload {
+        keys: KEYS.to_vec(),
+        max_ops: 20_000,
+        reads: Consistency::Default,
+        group: GROUP,
+    };
+    // Checked segment by segment (see workload.rs), each from the rows the last ended with.
+    let mut clients = Clients::start(&db, &w, CLIENTS, 0, &[]);
+    let mut ops = 0;
+    let mut unknown = 0;
 
     // The nemesis: one node at a time, the next kill once the last victim is back.
     let mut rng = rand::rngs::StdRng::seed_from_u64(99);
@@ -109,24 +104,25 @@ async fn kill9_under_load_keeps_every_key_linearizable() {
         killed.fetch_add(1, Ordering::Relaxed);
         recoveries.push(back(&up, &db, server, pid).await);
         // Let the clients make progress with every replica up before the next kill.
+        let h = clients.history();
         let before = h.counts().0;
         let progressed = poll(Duration::from_secs(30), || async {
             (h.counts().0 >= before + OPS_BETWEEN_KILLS).then_some(())
         })
         .await;
         assert!(progressed.is_some(), "the clients made no progress after a recovery");
+        if (k + 1) % SEGMENT_ROUNDS == 0 && k + 1 < kills {
+            let (o, u) = clients.history().counts();
+            (ops, unknown) = (ops + o, unknown + u);
+            let rows = clients.finish(&db, &SERVERS, &KEYS, "fault_kill").await;
+            clients = Clients::start(&db, &w, CLIENTS, (k + 1) as u64, &rows);
+        }
     }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.unwrap();
-    }
-    let bad = bad.lock().unwrap().clone();
-    assert!(bad.is_empty(), "refusals that must not happen: {bad:?}");
-
-    // Every replica holds the same rows, and they are what the router reads.
-    let everything = final_state(&db, &SERVERS, &h, &KEYS).await;
-
-    let (ops, unknown) = h.counts();
+    let (o, u) = clients.history().counts();
+    (ops, unknown) = (ops + o, unknown + u);
+    // Every replica holds the same rows, they are what the router reads, and the history
+    // is linearizable.
+    let everything = clients.finish(&db, &SERVERS, &KEYS, "fault_kill").await;
     recoveries.sort();
     eprintln!(
         "fault_kill: {} kills ({primaries_killed} of a primary), {ops} operations ({unknown} with unknown outcome), {} rows at the end; \
@@ -137,7 +133,6 @@ async fn kill9_under_load_keeps_every_key_linearizable() {
         recoveries.last()
     );
     assert!(ops >= OPS_BETWEEN_KILLS * kills, "too few operations to mean anything: {ops}");
-    assert_linearizable(&h, "fault_kill");
 }
 
 /// Probe keys, one per shard, outside the clients' keys: updated to tell when a shard takes
@@ -179,24 +174,14 @@ async fn a_second_kill_inside_the_respawn_window_leaves_no_shard_without_a_prima
     for (_, key) in PROBES {
         db.write(&[workload::row(key, "probe")]).await.unwrap();
     }
-    let h = Arc::new(History::grouped(GROUP));
-    let stop = Arc::new(AtomicBool::new(false));
-    let bad = Arc::new(std::sync::Mutex::new(Vec::new()));
-    // Enough operations for every round (each round takes a few hundred).
-    let max_ops = 2000.max(rounds * 500 / CLIENTS as usize);
-    let w = Workload { keys: KEYS.to_vec(), max_ops, reads: Consistency::Default, group: GROUP };
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            tokio::spawn(client_loop(
-                c,
-                db.clone(),
-                w.clone(),
-                h.clone(),
-                stop.clone(),
-                bad.clone(),
-            ))
-        })
-        .collect();
+    let w = Workload {
+        keys: KEYS.to_vec(),
+        max_ops: 20_000,
+        reads: Consistency::Default,
+        group: GROUP,
+    };
+    // Checked segment by segment (see workload.rs), each from the rows the last ended with.
+    let mut clients = Clients::start(&db, &w, CLIENTS, 0, &[]);
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut again = Vec::new();
     for k in 0..rounds {
@@ -233,20 +218,19 @@ async fn a_second_kill_inside_the_respawn_window_leaves_no_shard_without_a_prima
         again.push(took);
         back(&up, &db, &first, pid1).await;
         back(&up, &db, &second, pid2).await;
+        let h = clients.history();
         let before = h.counts().0;
         let progressed = poll(Duration::from_secs(30), || async {
             (h.counts().0 >= before + OPS_BETWEEN_KILLS).then_some(())
         })
         .await;
         assert!(progressed.is_some(), "the clients made no progress after a recovery");
+        if (k + 1) % SEGMENT_ROUNDS == 0 && k + 1 < rounds {
+            let rows = clients.finish(&db, &SERVERS, &KEYS, "fault_kill_double").await;
+            clients = Clients::start(&db, &w, CLIENTS, (k + 1) as u64, &rows);
+        }
     }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.unwrap();
-    }
-    let bad = bad.lock().unwrap().clone();
-    assert!(bad.is_empty(), "refusals that must not happen: {bad:?}");
-    final_state(&db, &SERVERS, &h, &KEYS).await;
+    clients.finish(&db, &SERVERS, &KEYS, "fault_kill_double").await;
     again.sort();
     eprintln!(
         "fault_kill: {rounds} double kills; every shard took writes again after p50 {:?}, max {:?}",
@@ -258,7 +242,6 @@ async fn a_second_kill_inside_the_respawn_window_leaves_no_shard_without_a_prima
         worst <= PRIMARY_AGAIN_WITHIN,
         "a shard was without a primary for {worst:?} (rule: {PRIMARY_AGAIN_WITHIN:?})"
     );
-    assert_linearizable(&h, "fault_kill_double");
 }
 
 /// The checker itself rejects what it must: a read that returns a value overwritten before

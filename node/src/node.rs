@@ -36,8 +36,7 @@ impl Node {
     /// Opens the node's data directory (creating it) and every shard replica in it.
     pub fn open(name: &str, data_dir: &Path, opts: ShardOptions) -> Result<Node> {
         let shards_dir = data_dir.join(SHARDS_DIR);
-        std::fs::create_dir_all(&shards_dir)
-            .map_err(|e| Error::io("create data directory", &shards_dir, e))?;
+        wal::create_dir_all_synced(&shards_dir)?;
         let mut shards = HashMap::new();
         let entries = std::fs::read_dir(&shards_dir)
             .map_err(|e| Error::io("list shard directories", &shards_dir, e))?;

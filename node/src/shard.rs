@@ -422,7 +422,7 @@ impl Shard {
         meta: ShardMeta,
         opts: ShardOptions,
     ) -> Result<Shard> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("create shard directory", dir, e))?;
+        wal::create_dir_all_synced(dir)?;
         write_meta(dir, &meta)?;
         Shard::open(dir, node_name, opts)
     }

@@ -141,6 +141,8 @@ pub struct History {
     start: Instant,
     /// Keys per group: key `k` is in group `k.div_euclid(group_size)`.
     group_size: i64,
+    /// The rows before the first operation (a history that continues an earlier one).
+    initial: BTreeMap<i64, String>,
     inner: Mutex<Inner>,
 }
 
@@ -165,9 +167,15 @@ impl History {
 
     /// A history whose groups are the aligned blocks of `group_size` keys.
     pub fn grouped(group_size: i64) -> History {
+        History::grouped_from(group_size, BTreeMap::new())
+    }
+
+    /// [`History::grouped`] starting from `initial` rows (key, name) instead of none.
+    pub fn grouped_from(group_size: i64, initial: BTreeMap<i64, String>) -> History {
         History {
             start: Instant::now(),
             group_size: group_size.max(1),
+            initial,
             inner: Mutex::new(Inner {
                 testers: BTreeMap::new(),
                 entries: Vec::new(),
@@ -193,8 +201,12 @@ impl History {
         if op.keys().iter().any(|k| self.group_of(*k) != group) {
             g.misuse.get_or_insert(format!("{op:?} spans groups of {} keys", self.group_size));
         }
+        let initial = || {
+            let rows = self.initial.iter().filter(|(k, _)| self.group_of(**k) == group);
+            Group(rows.map(|(k, v)| (*k, v.clone())).collect())
+        };
         let tester =
-            g.testers.entry(group).or_insert_with(|| LinearizabilityTester::new(Group::default()));
+            g.testers.entry(group).or_insert_with(|| LinearizabilityTester::new(initial()));
         if let Err(e) = tester.on_invoke(thread, op.clone()) {
             g.misuse.get_or_insert(e);
         }

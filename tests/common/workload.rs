@@ -1,9 +1,13 @@
-//! The Jepsen-style client workload of the fault tests: each client makes random inserts,
-//! updates, deletes and reads of single keys through a [`Db`] and records every operation
-//! in a [`History`] (see `history.rs`; include both modules).
+//! The Jepsen-style client workload of the fault tests: each client makes random inserts
+//! (one row or several), updates, deletes and reads (one key or a range) through a [`Db`]
+//! and records every operation in a [`History`] (see `history.rs`; include both modules).
+//! [`Clients`] runs a set of them for one segment of a test: a long soak is checked segment
+//! by segment, each history starting from the rows the previous one ended with (checking
+//! one long history is exponential in the worst case).
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -200,4 +204,62 @@ pub fn assert_linearizable(h: &History, test: &str) {
         v.undecided,
         out.display()
     );
+}
+
+/// Clients running one segment of a test's workload.
+pub struct Clients {
+    history: Arc<History>,
+    stop: Arc<AtomicBool>,
+    bad: Arc<Mutex<Vec<String>>>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Clients {
+    /// Starts `count` clients of workload `w` through `db` (segment number `segment` seeds
+    /// them), recording in a history that starts from the rows `initial`.
+    pub fn start(db: &Db, w: &Workload, count: u64, segment: u64, initial: &[Json]) -> Clients {
+        let rows: BTreeMap<i64, String> = named(initial).into_iter().collect();
+        let history = Arc::new(History::grouped_from(w.group, rows));
+        let stop = Arc::new(AtomicBool::new(false));
+        let bad = Arc::new(Mutex::new(Vec::new()));
+        let handles = (0..count)
+            .map(|c| {
+                let id = segment * 100 + c;
+                let (h, s, b) = (history.clone(), stop.clone(), bad.clone());
+                tokio::spawn(client_loop(id, db.clone(), w.clone(), h, s, b))
+            })
+            .collect();
+        Clients { history, stop, bad, handles }
+    }
+
+    /// Stops the clients and waits for them (their last operations end).
+    pub async fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for c in self.handles.drain(..) {
+            c.await.expect("a client task");
+        }
+    }
+
+    /// The history being recorded.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// Stops the clients, fails the test on a refusal that must not happen, waits for every
+    /// replica of `servers` to hold what the router reads, and checks the history (with that
+    /// final state) for linearizability. Returns the rows.
+    pub async fn finish(
+        mut self,
+        db: &Db,
+        servers: &[&str],
+        keys: &[i64],
+        test: &str,
+    ) -> Vec<Json> {
+        self.halt().await;
+        let bad = self.bad.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert!(bad.is_empty(), "refusals that must not happen: {bad:?}");
+        let rows = final_state(db, servers, &self.history, keys).await;
+        assert_linearizable(&self.history, test);
+        rows
+    }
 }

@@ -39,6 +39,7 @@ use std::time::Duration;
 
 pub use error::{Error, Result};
 pub use log::{Iter, Wal, MIN_SEGMENT_SIZE};
+pub use segment::create_dir_all_synced;
 
 /// Log sequence number: dense, increasing from 1 within one log.
 pub type Lsn = u64;

@@ -93,7 +93,7 @@ impl Wal {
                 opts.segment_size
             )));
         }
-        fs::create_dir_all(&dir).map_err(|e| Error::io("create log directory", &dir, e))?;
+        crate::segment::create_dir_all_synced(&dir)?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)

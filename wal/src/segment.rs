@@ -325,6 +325,29 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("sync directory", dir, e))
 }
 
+/// Creates `dir` and its missing parents durably: a new directory is an entry of its parent,
+/// which a power loss drops unless the parent is synced after the creation (an fsync of the
+/// files inside does not cover it). Directories that exist already are left as they are.
+pub fn create_dir_all_synced(dir: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at.filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+        missing.push(d);
+        at = d.parent();
+    }
+    for d in missing.into_iter().rev() {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && d.is_dir() => {}
+            Err(e) => return Err(Error::io("create directory", d, e)),
+        }
+        sync_dir(d)?;
+        let parent = d.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
 fn map_file(file: &File, path: &Path) -> Result<MmapRaw> {
     MmapOptions::new().map_raw(file).map_err(|e| Error::io("mmap segment", path, e))
 }
