@@ -572,11 +572,18 @@ async fn run_sender(core: Arc<Core>, peer: Replica, epoch: Epoch, cancel: Cancel
 }
 
 /// Returns true when the sender must stop (deposed).
-fn handle_error(core: &Core, peer: &Replica, e: CallError, conn: &mut Option<Connection>) -> bool {
+fn handle_error(
+    core: &Arc<Core>,
+    peer: &Replica,
+    e: CallError,
+    conn: &mut Option<Connection>,
+) -> bool {
     if let CallError::Remote(body) = &e {
         if let ErrorKind::StaleEpoch { current } = body.kind {
             tracing::warn!(shard = %core.id, peer = %peer.name, current, "a peer has a newer epoch; stepping down");
-            core.deposed(current);
+            // Stepping down syncs `shard.json`: on a blocking thread, not this async one.
+            let core = core.clone();
+            tokio::task::spawn_blocking(move || core.deposed(current));
             return true;
         }
     }
