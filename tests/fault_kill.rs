@@ -1,7 +1,7 @@
 //! Fault injection, scenario 1: random `kill -9` of nodes (never more than one replica of a
 //! shard down at once) while clients insert (one row or several), update, delete and read
 //! (one key or a range) through one router. The whole history is checked for
-//! linearizability per group of keys (`GROUP` adjacent keys of one shard, which multi-row
+//! linearizability per group of keys (`workload::GROUP` adjacent keys of one shard, which multi-row
 //! writes and range reads stay in) by `stateright`'s tester, every acknowledged change is on
 //! every replica at the end, and the replicas are identical.
 //!
@@ -21,18 +21,10 @@ use std::time::{Duration, Instant};
 use client::{Db, DbOptions};
 use common::*;
 use history::{History, Op, Outcome, Ret};
-use protocol::Consistency;
 use rand::{Rng, SeedableRng};
-use workload::{config, Clients, Workload};
+use workload::{config, Clients, Workload, GROUP, KEYS};
 
 const SERVERS: [&str; 3] = ["Server1", "Server2", "Server3"];
-/// Keys the clients work on: a few per shard, so that operations on one key overlap.
-const KEYS: [i64; 24] = [
-    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008,
-    1009, 1010, 1011,
-];
-/// Keys per group: a multi-row write or a range read covers keys of one group (one shard).
-const GROUP: i64 = 4;
 const CLIENTS: u64 = 6;
 /// Rounds of a soak whose history is checked as one (a long history is slow to check).
 const SEGMENT_ROUNDS: usize = 10;
@@ -66,13 +58,7 @@ async fn kill9_under_load_keeps_every_key_linearizable() {
     let up = ClusterProc::up(0, dir.path(), &["--init", &cfg]);
     let options = DbOptions { request_timeout: Duration::from_secs(10), ..Default::default() };
     let db = Db::connect_binary_with(up.addr("binary"), options).await.unwrap();
-    // Most operations one client makes (the loop ends earlier when the kills are done).
-    let w = Workload {
-        keys: KEYS.to_vec(),
-        max_ops: 20_000,
-        reads: Consistency::Default,
-        group: GROUP,
-    };
+    let w = Workload::of_fault_tests();
     // Checked segment by segment (see workload.rs), each from the rows the last ended with.
     let mut clients = Clients::start(&db, &w, CLIENTS, 0, &[]);
     let mut ops = 0;
@@ -174,12 +160,7 @@ async fn a_second_kill_inside_the_respawn_window_leaves_no_shard_without_a_prima
     for (_, key) in PROBES {
         db.write(&[workload::row(key, "probe")]).await.unwrap();
     }
-    let w = Workload {
-        keys: KEYS.to_vec(),
-        max_ops: 20_000,
-        reads: Consistency::Default,
-        group: GROUP,
-    };
+    let w = Workload::of_fault_tests();
     // Checked segment by segment (see workload.rs), each from the rows the last ended with.
     let mut clients = Clients::start(&db, &w, CLIENTS, 0, &[]);
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);

@@ -37,19 +37,12 @@ use std::time::{Duration, Instant};
 use client::{Db, DbOptions};
 use common::*;
 use powercut::PowerCutFs;
-use protocol::Consistency;
 use rand::{Rng, SeedableRng};
-use workload::{config, Clients, Workload};
+use workload::{config, Clients, Workload, KEYS};
 
 const SERVERS: [&str; 3] = ["Server1", "Server2", "Server3"];
 /// The server the membership rounds add and remove.
 const EXTRA: &str = "Server4";
-const KEYS: [i64; 24] = [
-    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008,
-    1009, 1010, 1011,
-];
-/// Keys per group of the history (one shard each).
-const GROUP: i64 = 4;
 const CLIENTS: u64 = 6;
 /// Rounds whose history is checked as one (a long history is slow to check).
 const SEGMENT_ROUNDS: usize = 10;
@@ -168,12 +161,7 @@ async fn kills_power_cuts_double_failures_and_membership_changes_lose_nothing() 
     let up = up_on(&hosts);
     let options = DbOptions { request_timeout: Duration::from_secs(10), ..Default::default() };
     let db = Db::connect_binary_with(up.addr("binary"), options.clone()).await.unwrap();
-    let w = Workload {
-        keys: KEYS.to_vec(),
-        max_ops: 20_000,
-        reads: Consistency::Default,
-        group: GROUP,
-    };
+    let w = Workload::of_fault_tests();
     // Checked segment by segment (see workload.rs), each from the rows the last ended with.
     let mut clients = Clients::start(&db, &w, CLIENTS, 0, &[]);
     let (mut ops, mut unknown) = (0, 0);

@@ -113,6 +113,15 @@ fn durable_file(path: &Path, data: &[u8]) {
     sync_dir(path.parent().unwrap());
 }
 
+/// A new, empty file at `path` of `SEGMENT_LEN` bytes (not synced), open for reading and
+/// writing.
+fn new_segment(path: &Path) -> File {
+    let f =
+        OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).unwrap();
+    f.set_len(SEGMENT_LEN).unwrap();
+    f
+}
+
 fn read_at(path: &Path, offset: u64, len: usize) -> Vec<u8> {
     let mut buf = vec![0; len];
     File::open(path).unwrap().read_exact_at(&mut buf, offset).unwrap();
@@ -511,14 +520,7 @@ fn write_back_of_a_mapping_from_before_the_cut_is_refused() {
 fn set_len_fallocate_and_partial_writes_survive_only_once_synced() {
     on_mount(|m| {
         let path = m.path().join("segment");
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        f.set_len(SEGMENT_LEN).unwrap();
+        let f = new_segment(&path);
         f.write_all_at(b"abc", 10_000).unwrap();
         fallocate(&f, libc::FALLOC_FL_KEEP_SIZE, 0, 2 * SEGMENT_LEN);
         assert_eq!(f.metadata().unwrap().len(), SEGMENT_LEN);
@@ -550,14 +552,7 @@ fn set_len_fallocate_and_partial_writes_survive_only_once_synced() {
 fn a_preallocated_segment_costs_only_the_pages_written() {
     on_mount(|m| {
         let path = m.path().join("segment");
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        f.set_len(SEGMENT_LEN).unwrap();
+        let f = new_segment(&path);
         fallocate(&f, 0, 0, SEGMENT_LEN);
         f.write_all_at(&[7; 3000], 0).unwrap();
         f.write_all_at(&[0; 1 << 20], 1 << 20).unwrap();

@@ -24,6 +24,15 @@ pub fn config() -> String {
     super::two_shards(1000)
 }
 
+/// The keys of the kill and power-cut tests: a few per shard of [`config`], so that
+/// operations on one key overlap.
+pub const KEYS: [i64; 24] = [
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008,
+    1009, 1010, 1011,
+];
+/// Keys per group of those tests' histories (four adjacent keys, one shard each).
+pub const GROUP: i64 = 4;
+
 /// A row of the default schema for `key` named `name`.
 pub fn row(key: i64, name: &str) -> Json {
     json!({"Stud_id": key, "Stud_name": name, "Stud_marks": 1})
@@ -212,6 +221,14 @@ pub struct Clients {
     stop: Arc<AtomicBool>,
     bad: Arc<Mutex<Vec<String>>>,
     handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Workload {
+    /// The workload of the kill and power-cut tests: [`KEYS`] in groups of [`GROUP`], default
+    /// reads, operations until the test stops the clients.
+    pub fn of_fault_tests() -> Workload {
+        Workload { keys: KEYS.to_vec(), max_ops: 20_000, reads: Consistency::Default, group: GROUP }
+    }
 }
 
 impl Clients {
