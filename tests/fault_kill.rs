@@ -90,13 +90,8 @@ async fn kill9_under_load_keeps_every_key_linearizable() {
         killed.fetch_add(1, Ordering::Relaxed);
         recoveries.push(back(&up, &db, server, pid).await);
         // Let the clients make progress with every replica up before the next kill.
-        let h = clients.history();
-        let before = h.counts().0;
-        let progressed = poll(Duration::from_secs(30), || async {
-            (h.counts().0 >= before + OPS_BETWEEN_KILLS).then_some(())
-        })
-        .await;
-        assert!(progressed.is_some(), "the clients made no progress after a recovery");
+        let progressed = clients.progress(OPS_BETWEEN_KILLS, Duration::from_secs(30)).await;
+        assert!(progressed, "the clients made no progress after a recovery");
         if (k + 1) % SEGMENT_ROUNDS == 0 && k + 1 < kills {
             let (o, u) = clients.history().counts();
             (ops, unknown) = (ops + o, unknown + u);
@@ -199,13 +194,8 @@ async fn a_second_kill_inside_the_respawn_window_leaves_no_shard_without_a_prima
         again.push(took);
         back(&up, &db, &first, pid1).await;
         back(&up, &db, &second, pid2).await;
-        let h = clients.history();
-        let before = h.counts().0;
-        let progressed = poll(Duration::from_secs(30), || async {
-            (h.counts().0 >= before + OPS_BETWEEN_KILLS).then_some(())
-        })
-        .await;
-        assert!(progressed.is_some(), "the clients made no progress after a recovery");
+        let progressed = clients.progress(OPS_BETWEEN_KILLS, Duration::from_secs(30)).await;
+        assert!(progressed, "the clients made no progress after a recovery");
         if (k + 1) % SEGMENT_ROUNDS == 0 && k + 1 < rounds {
             let rows = clients.finish(&db, &SERVERS, &KEYS, "fault_kill_double").await;
             clients = Clients::start(&db, &w, CLIENTS, (k + 1) as u64, &rows);

@@ -256,13 +256,8 @@ async fn kills_power_cuts_double_failures_and_membership_changes_lose_nothing() 
             }
         }
         eprintln!("fault_mix: round {k}: {kind} ({victim}) done at {:?}", started.elapsed());
-        let h = clients.history();
-        let before = h.counts().0;
-        let progressed = poll(RECOVERY, || async {
-            (h.counts().0 >= before + OPS_BETWEEN_FAULTS).then_some(())
-        })
-        .await;
-        assert!(progressed.is_some(), "the clients made no progress after round {k} ({kind})");
+        let progressed = clients.progress(OPS_BETWEEN_FAULTS, RECOVERY).await;
+        assert!(progressed, "the clients made no progress after round {k} ({kind})");
         if (k + 1) % SEGMENT_ROUNDS == 0 && k + 1 < rounds {
             let (o, u) = clients.history().counts();
             (ops, unknown) = (ops + o, unknown + u);

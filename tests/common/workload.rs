@@ -257,6 +257,13 @@ impl Clients {
         }
     }
 
+    /// Whether the clients complete `n` more operations within `within` (polled).
+    pub async fn progress(&self, n: usize, within: std::time::Duration) -> bool {
+        let before = self.history.counts().0;
+        let h = &self.history;
+        super::poll(within, || async { (h.counts().0 >= before + n).then_some(()) }).await.is_some()
+    }
+
     /// The history being recorded.
     pub fn history(&self) -> &History {
         &self.history
