@@ -160,7 +160,7 @@ async fn kills_power_cuts_double_failures_and_membership_changes_lose_nothing() 
     let hosts = Hosts::new(&[SERVERS[0], SERVERS[1], SERVERS[2], EXTRA]);
     let up = up_on(&hosts);
     let options = DbOptions { request_timeout: Duration::from_secs(10), ..Default::default() };
-    let db = Db::connect_binary_with(up.addr("binary"), options.clone()).await.unwrap();
+    let db = Db::connect_binary_with(up.addr("binary"), options).await.unwrap();
     let w = Workload::of_fault_tests();
     // Checked segment by segment (see workload.rs), each from the rows the last ended with.
     let mut clients = Clients::start(&db, &w, CLIENTS, 0, &[]);
