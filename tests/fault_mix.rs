@@ -243,7 +243,8 @@ async fn kills_power_cuts_double_failures_and_membership_changes_lose_nothing() 
                     assert!(Instant::now() < deadline, "/add or /rm of {EXTRA} never took: {r:?}");
                     eprintln!("fault_mix: round {k}: the admin call failed ({r:?}); again");
                 }
-                if kill {
+                // A killed victim comes back, unless it was the server just removed.
+                if kill && !(extra_in && victim == EXTRA) {
                     back(&up, &db, &victim, pid).await;
                 }
                 if extra_in {
