@@ -1,5 +1,11 @@
 //! A history of client operations on the database and its check for linearizability, per
-//! group of keys, with `stateright`'s linearizability tester (a checker we did not write).
+//! group of keys. The check is the memoized search of Lowe's "Testing for linearizability"
+//! (as porcupine implements it): operations are linearized in real-time order with
+//! backtracking, and a (set of linearized operations, state) already explored is never
+//! explored again, which keeps long histories with many unknown outcomes tractable.
+//! `stateright`'s linearizability tester (a checker we did not write, exhaustive without
+//! memoization) checks the same histories in `cross_check`, which the checker's own test
+//! uses to compare the two verdicts.
 //!
 //! A group is a few adjacent keys of one shard (`History::grouped`; one key per group with
 //! `History::new`), holding a row or nothing per key; the operations are the contract's:
@@ -22,7 +28,7 @@ use std::time::Instant;
 use stateright::semantics::{ConsistencyTester, LinearizabilityTester, SequentialSpec};
 
 /// One group's rows: the name of each key's row; a key without a row is absent.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Group(pub BTreeMap<i64, String>);
 
 /// An operation on one group.
@@ -108,7 +114,7 @@ pub enum Outcome {
     Unknown(String),
 }
 
-/// One recorded operation, for the report.
+/// One recorded operation.
 #[derive(Clone, Debug)]
 struct Entry {
     thread: u64,
@@ -117,11 +123,16 @@ struct Entry {
     invoked_ms: f64,
     completed_ms: Option<f64>,
     outcome: Option<Outcome>,
+    /// Real-time order of the invocation and the completion among all events recorded.
+    called: u64,
+    returned: Option<u64>,
 }
 
 struct Inner {
     testers: BTreeMap<i64, LinearizabilityTester<u64, Group>>,
     entries: Vec<Entry>,
+    /// Events recorded so far (invocations and completions).
+    events: u64,
     /// Invalid use of the recorder (a thread with two operations in flight on one group, an
     /// operation across groups).
     misuse: Option<String>,
@@ -179,6 +190,7 @@ impl History {
             inner: Mutex::new(Inner {
                 testers: BTreeMap::new(),
                 entries: Vec::new(),
+                events: 0,
                 misuse: None,
             }),
         }
@@ -210,6 +222,8 @@ impl History {
         if let Err(e) = tester.on_invoke(thread, op.clone()) {
             g.misuse.get_or_insert(e);
         }
+        g.events += 1;
+        let called = g.events;
         g.entries.push(Entry {
             thread,
             group,
@@ -217,6 +231,8 @@ impl History {
             invoked_ms: t,
             completed_ms: None,
             outcome: None,
+            called,
+            returned: None,
         });
         Pending { index: g.entries.len() - 1, thread, group }
     }
@@ -232,8 +248,15 @@ impl History {
                 }
             }
         }
+        g.events += 1;
+        let returned = g.events;
         let e = &mut g.entries[p.index];
         e.completed_ms = Some(t);
+        // An unknown outcome never returns: the operation may take effect at any time after
+        // its invocation, or never.
+        if matches!(outcome, Outcome::Ok(_)) {
+            e.returned = Some(returned);
+        }
         e.outcome = Some(outcome);
     }
 
@@ -252,9 +275,23 @@ impl History {
     }
 
     /// Checks every group's history, each on its own thread, for at most `budget`: the
-    /// checker's search is exponential in the worst case (mostly when it must prove that no
-    /// order works), so a group it has not decided by then is reported as such.
+    /// search is exponential in the worst case (mostly when it must prove that no order
+    /// works), so a group it has not decided by then is reported as such.
     pub fn check(&self, budget: std::time::Duration) -> Result<Verdict, String> {
+        let (initial, groups) = self.by_group()?;
+        let jobs: Vec<(i64, Box<dyn FnOnce() -> bool + Send>)> = groups
+            .into_iter()
+            .map(|(group, ops)| {
+                let start = self.initial_of(&initial, group);
+                let job: Box<dyn FnOnce() -> bool + Send> = Box::new(move || search(start, &ops));
+                (group, job)
+            })
+            .collect();
+        Ok(decide_all(jobs, budget))
+    }
+
+    /// The same verdict from `stateright`'s tester (slow on long histories).
+    pub fn cross_check(&self, budget: std::time::Duration) -> Result<Verdict, String> {
         let testers: Vec<(i64, LinearizabilityTester<u64, Group>)> = {
             let g = self.inner.lock().unwrap();
             if let Some(m) = &g.misuse {
@@ -262,32 +299,44 @@ impl History {
             }
             g.testers.iter().map(|(k, t)| (*k, t.clone())).collect()
         };
-        let (tx, rx) = std::sync::mpsc::channel();
-        for (group, tester) in testers.iter().cloned() {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                let _ = tx.send((group, tester.is_consistent()));
+        let jobs: Vec<(i64, Box<dyn FnOnce() -> bool + Send>)> = testers
+            .into_iter()
+            .map(|(group, tester)| {
+                let job: Box<dyn FnOnce() -> bool + Send> =
+                    Box::new(move || tester.is_consistent());
+                (group, job)
+            })
+            .collect();
+        Ok(decide_all(jobs, budget))
+    }
+
+    /// The initial rows and every group's operations (op, definite return, call and return
+    /// order).
+    #[allow(clippy::type_complexity)]
+    fn by_group(&self) -> Result<(BTreeMap<i64, String>, BTreeMap<i64, Vec<Recorded>>), String> {
+        let g = self.inner.lock().unwrap();
+        if let Some(m) = &g.misuse {
+            return Err(format!("the recorder was misused: {m}"));
+        }
+        let mut groups: BTreeMap<i64, Vec<Recorded>> = BTreeMap::new();
+        for e in &g.entries {
+            let ret = match &e.outcome {
+                Some(Outcome::Ok(r)) => Some(r.clone()),
+                _ => None,
+            };
+            groups.entry(e.group).or_default().push(Recorded {
+                op: e.op.clone(),
+                ret,
+                called: e.called,
+                returned: e.returned,
             });
         }
-        drop(tx);
-        let deadline = Instant::now().checked_add(budget);
-        let mut verdict = Verdict::default();
-        let mut decided = std::collections::BTreeSet::new();
-        loop {
-            let next = match deadline {
-                Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())).ok(),
-                None => rx.recv().ok(),
-            };
-            let Some((group, ok)) = next else { break };
-            decided.insert(group);
-            if !ok {
-                verdict.wrong.push(group);
-            }
-        }
-        verdict.wrong.sort();
-        verdict.undecided =
-            testers.iter().map(|(k, _)| *k).filter(|k| !decided.contains(k)).collect();
-        Ok(verdict)
+        Ok((self.initial.clone(), groups))
+    }
+
+    fn initial_of(&self, initial: &BTreeMap<i64, String>, group: i64) -> Group {
+        let rows = initial.iter().filter(|(k, _)| self.group_of(**k) == group);
+        Group(rows.map(|(k, v)| (*k, v.clone())).collect())
     }
 
     /// The operations on `groups` (all when empty) as text, one per line, in invocation
@@ -305,4 +354,133 @@ impl History {
         }
         out
     }
+}
+
+/// One operation as the search sees it.
+#[derive(Clone, Debug)]
+struct Recorded {
+    op: Op,
+    /// `None`: unknown outcome (any return fits, and it may never have happened).
+    ret: Option<Ret>,
+    called: u64,
+    /// `None`: never returned.
+    returned: Option<u64>,
+}
+
+/// Runs each group's check on its own thread, for at most `budget` in all.
+fn decide_all(
+    jobs: Vec<(i64, Box<dyn FnOnce() -> bool + Send>)>,
+    budget: std::time::Duration,
+) -> Verdict {
+    let groups: Vec<i64> = jobs.iter().map(|(g, _)| *g).collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (group, job) in jobs {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send((group, job()));
+        });
+    }
+    drop(tx);
+    let deadline = Instant::now().checked_add(budget);
+    let mut verdict = Verdict::default();
+    let mut decided = std::collections::BTreeSet::new();
+    loop {
+        let next = match deadline {
+            Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())).ok(),
+            None => rx.recv().ok(),
+        };
+        let Some((group, ok)) = next else { break };
+        decided.insert(group);
+        if !ok {
+            verdict.wrong.push(group);
+        }
+    }
+    verdict.wrong.sort();
+    verdict.undecided = groups.into_iter().filter(|g| !decided.contains(g)).collect();
+    verdict
+}
+
+/// Whether `ops`, starting from `initial`, have a linearization. The events (calls, and
+/// returns; an operation that never returned returns after everything) form a doubly
+/// linked list in real-time order. Walking it, a call may be linearized now if the model
+/// gives its recorded return; it then leaves the list with its return, and the walk starts
+/// again from the head. Reaching a return means its call must have been linearized before:
+/// undo the last choice and try the next call instead. A (linearized set, state) pair met
+/// before failed then, and is skipped (the memoization that makes this fast).
+fn search(initial: Group, ops: &[Recorded]) -> bool {
+    use std::collections::HashSet;
+    let n = ops.len();
+    // Events: (order, op index, is call). Never-returned operations return after all.
+    let mut events: Vec<(u64, usize, bool)> = Vec::with_capacity(2 * n);
+    for (i, o) in ops.iter().enumerate() {
+        events.push((o.called, i, true));
+        events.push((o.returned.unwrap_or(u64::MAX), i, false));
+    }
+    events.sort_by_key(|e| (e.0, !e.2));
+    // Nodes 1..=2n are events; 0 is the head sentinel, 2n + 1 the tail.
+    let len = events.len();
+    let (head, tail) = (0, len + 1);
+    let mut next: Vec<usize> = (1..=len + 1).chain([tail]).collect();
+    let mut prev: Vec<usize> = [0].into_iter().chain(0..=len).collect();
+    let mut return_of = vec![0usize; n];
+    for (pos, e) in events.iter().enumerate() {
+        if !e.2 {
+            return_of[e.1] = pos + 1;
+        }
+    }
+    let lift = |next: &mut Vec<usize>, prev: &mut Vec<usize>, node: usize| {
+        let (p, x) = (prev[node], next[node]);
+        next[p] = x;
+        prev[x] = p;
+    };
+    let unlift = |next: &mut Vec<usize>, prev: &mut Vec<usize>, node: usize| {
+        let (p, x) = (prev[node], next[node]);
+        next[p] = node;
+        prev[x] = node;
+    };
+    let mut state = initial;
+    let mut done = vec![0u64; n.div_ceil(64)];
+    let mut seen: HashSet<(Vec<u64>, Group)> = HashSet::new();
+    let mut stack: Vec<(usize, Group)> = Vec::new();
+    let mut at = next[head];
+    while next[head] != tail {
+        if at == tail {
+            // Only possible with nothing left to try after the last return: backtrack.
+            let Some((call, old)) = stack.pop() else { return false };
+            let i = events[call - 1].1;
+            done[i / 64] &= !(1 << (i % 64));
+            state = old;
+            unlift(&mut next, &mut prev, return_of[i]);
+            unlift(&mut next, &mut prev, call);
+            at = next[call];
+            continue;
+        }
+        let (_, i, is_call) = events[at - 1];
+        if is_call {
+            let mut after = state.clone();
+            let got = after.invoke(&ops[i].op);
+            let fits = ops[i].ret.as_ref().is_none_or(|r| *r == got);
+            if fits {
+                done[i / 64] |= 1 << (i % 64);
+                if seen.insert((done.clone(), after.clone())) {
+                    stack.push((at, std::mem::replace(&mut state, after)));
+                    lift(&mut next, &mut prev, at);
+                    lift(&mut next, &mut prev, return_of[i]);
+                    at = next[head];
+                    continue;
+                }
+                done[i / 64] &= !(1 << (i % 64));
+            }
+            at = next[at];
+        } else {
+            let Some((call, old)) = stack.pop() else { return false };
+            let j = events[call - 1].1;
+            done[j / 64] &= !(1 << (j % 64));
+            state = old;
+            unlift(&mut next, &mut prev, return_of[j]);
+            unlift(&mut next, &mut prev, call);
+            at = next[call];
+        }
+    }
+    true
 }
