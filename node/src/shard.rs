@@ -116,7 +116,7 @@ const SEEN_MAX: usize = 1 << 16;
 /// a change already logged waits for that record instead of being applied again. Built from
 /// the checkpoint (ids up to its LSN) and the log after it on recovery, and as records are
 /// appended; records cut from the log are forgotten; an installed snapshot brings the
-/// sender's.
+/// sender's (node/tests/replication.rs, `..._applied_once_after_restarts_and_snapshots`).
 #[derive(Default)]
 pub(crate) struct Seen {
     by_id: HashMap<RequestId, Lsn>,

@@ -328,6 +328,8 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 /// Creates `dir` and its missing parents durably: a new directory is an entry of its parent,
 /// which a power loss drops unless the parent is synced after the creation (an fsync of the
 /// files inside does not cover it). Directories that exist already are left as they are.
+/// `tests/fault_mix.rs` (power cuts on a filesystem that drops what was not synced) fails
+/// without these syncs: a node came back without its shards.
 pub fn create_dir_all_synced(dir: &Path) -> Result<()> {
     let mut missing = Vec::new();
     let mut at = Some(dir);

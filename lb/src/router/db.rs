@@ -13,8 +13,9 @@
 //! each primary that none of the keys exists yet (the usual reason a node refuses a group),
 //! and if a node still refuses its group with a 400 (a concurrent writer won the race) the
 //! groups already written are deleted again before the 400 is answered: each row only if it
-//! is still exactly as this request wrote it (`DeleteReq::only_if`), so a row another
-//! client updated meanwhile is left to that client. What it cannot undo
+//! is still exactly as this request wrote it (`DeleteReq::only_if`; node/tests/binary.rs
+//! `a_conditional_delete_...`), so a row another client updated meanwhile is left to that
+//! client. What it cannot undo
 //! is a node failing mid-way (no primary within the deadline): then the answer is an error
 //! that names the groups that were written, those that were not, and those that may or may
 //! not have been.
