@@ -175,7 +175,29 @@ pub async fn final_state(db: &Db, servers: &[&str], h: &History, keys: &[i64]) -
         Some(())
     })
     .await;
-    assert!(converged.is_some(), "replicas differ from each other or from the router's read");
+    if converged.is_none() {
+        let mut report = String::new();
+        for s in servers {
+            let held = match db.read_server(s).await {
+                Ok(shards) => {
+                    let mut rows: Vec<Json> = shards.into_values().flatten().collect();
+                    rows.sort_by_key(|r| r["Stud_id"].as_i64());
+                    let missing: Vec<&Json> =
+                        everything.iter().filter(|r| !rows.contains(r)).collect();
+                    let extra: Vec<&Json> =
+                        rows.iter().filter(|r| !everything.contains(r)).collect();
+                    format!("{} rows; missing {missing:?}; extra {extra:?}", rows.len())
+                }
+                Err(e) => format!("unreadable: {e}"),
+            };
+            report.push_str(&format!("\n  {s}: {held}"));
+        }
+        let status = db.status().await.map(|s| s.to_string()).unwrap_or_default();
+        panic!(
+            "replicas differ from the router's read ({} rows) after 30 s:{report}\n  /status {status}",
+            everything.len()
+        );
+    }
     let mut groups: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
     for &key in keys {
         groups.entry(h.group_of(key)).or_default().push(key);
