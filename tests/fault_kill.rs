@@ -116,34 +116,10 @@ async fn kill9_under_load_keeps_every_key_linearizable() {
     assert!(ops >= OPS_BETWEEN_KILLS * kills, "too few operations to mean anything: {ops}");
 }
 
-/// Probe keys, one per shard, outside the clients' keys: updated to tell when a shard takes
-/// writes again.
-const PROBES: [(&str, i64); 2] = [("sh1", 900), ("sh2", 1900)];
-/// The liveness rule (README "Guarantees"): once a majority of a shard's voters is alive, it
-/// takes writes again within this.
-const PRIMARY_AGAIN_WITHIN: Duration = Duration::from_secs(5);
-
-/// How long until every shard takes an update of its probe key again.
-async fn until_every_shard_writes(db: &Db, round: usize, limit: Duration) -> Option<Duration> {
-    let t = Instant::now();
-    for (shard, key) in PROBES {
-        let name = format!("probe{round}");
-        let done = poll(limit.saturating_sub(t.elapsed()), || async {
-            db.update(key, &workload::row(key, &name)).await.ok()
-        })
-        .await;
-        if done.is_none() {
-            eprintln!("fault_kill: {shard} took no write within {limit:?}");
-            return None;
-        }
-    }
-    Some(t.elapsed())
-}
-
 /// What users do: a second `kill -9` inside the respawn window of the first (the victim's
 /// new process is up, perhaps not configured yet), of the shard's new primary or of another
 /// replica. Two of three voters stay alive after the second kill, so every shard must take
-/// writes again within [`PRIMARY_AGAIN_WITHIN`]; histories stay linearizable.
+/// writes again within [`workload::PRIMARY_AGAIN_WITHIN`]; histories stay linearizable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_kill_inside_the_respawn_window_leaves_no_shard_without_a_primary() {
     let rounds: usize =
@@ -152,7 +128,7 @@ async fn a_second_kill_inside_the_respawn_window_leaves_no_shard_without_a_prima
     let up = ClusterProc::up(0, dir.path(), &["--init", &config()]);
     let options = DbOptions { request_timeout: Duration::from_secs(10), ..Default::default() };
     let db = Db::connect_binary_with(up.addr("binary"), options).await.unwrap();
-    for (_, key) in PROBES {
+    for (_, key) in workload::PROBES {
         db.write(&[workload::row(key, "probe")]).await.unwrap();
     }
     let w = Workload::of_fault_tests();
@@ -186,7 +162,7 @@ async fn a_second_kill_inside_the_respawn_window_leaves_no_shard_without_a_prima
         };
         let pid2 = node_pid(up.pid(), &second).expect("the second victim runs");
         signal(pid2, "KILL");
-        let took = until_every_shard_writes(&db, k, Duration::from_secs(60)).await;
+        let took = workload::until_every_shard_writes(&db, k, Duration::from_secs(60)).await;
         let took = took.unwrap_or_else(|| {
             panic!("round {k}: a shard had no primary for 60 s after killing {first} then {second}")
         });
@@ -210,8 +186,9 @@ async fn a_second_kill_inside_the_respawn_window_leaves_no_shard_without_a_prima
     );
     let worst = again[again.len() - 1];
     assert!(
-        worst <= PRIMARY_AGAIN_WITHIN,
-        "a shard was without a primary for {worst:?} (rule: {PRIMARY_AGAIN_WITHIN:?})"
+        worst <= workload::PRIMARY_AGAIN_WITHIN,
+        "a shard was without a primary for {worst:?} (rule: {:?})",
+        workload::PRIMARY_AGAIN_WITHIN
     );
 }
 

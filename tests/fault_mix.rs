@@ -161,11 +161,17 @@ async fn kills_power_cuts_double_failures_and_membership_changes_lose_nothing() 
     let up = up_on(&hosts);
     let options = DbOptions { request_timeout: Duration::from_secs(10), ..Default::default() };
     let db = Db::connect_binary_with(up.addr("binary"), options).await.unwrap();
+    for (_, key) in workload::PROBES {
+        db.write(&[workload::row(key, "probe")]).await.unwrap();
+    }
     let w = Workload::of_fault_tests();
     // Checked segment by segment (see workload.rs), each from the rows the last ended with.
     let mut clients = Clients::start(&db, &w, CLIENTS, 0, &[]);
     let (mut ops, mut unknown) = (0, 0);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // After each failure that leaves a majority of every shard's voters alive: how long
+    // until every shard took a write again.
+    let mut again: Vec<Duration> = Vec::new();
     let mut extra_in = false;
     let mut dropped = 0u64;
     let mut tally: BTreeMap<&str, usize> = BTreeMap::new();
@@ -187,25 +193,31 @@ async fn kills_power_cuts_double_failures_and_membership_changes_lose_nothing() 
             "kill" => {
                 let pid = node_pid(up.pid(), &victim).expect("the victim runs");
                 signal(pid, "KILL");
+                again.push(writes_again(&db, k).await);
                 back(&up, &db, &victim, pid).await;
             }
             "power cut" => {
                 let pid = node_pid(up.pid(), &victim).expect("the victim runs");
                 dropped += power_cut(pid, || hosts.cut(&victim));
+                again.push(writes_again(&db, k).await);
                 back(&up, &db, &victim, pid).await;
             }
             "double kill" => {
                 let pid = node_pid(up.pid(), &victim).expect("the victim runs");
                 signal(pid, "KILL");
-                let again =
+                let respawned =
                     poll(RECOVERY, || async { node_pid(up.pid(), &victim).filter(|p| *p != pid) })
                         .await;
-                assert!(again.is_some(), "{victim} was not started again");
+                assert!(respawned.is_some(), "{victim} was not started again");
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(0..300))).await;
                 let others: Vec<&String> = members.iter().filter(|m| **m != victim).collect();
                 let second = others[rng.gen_range(0..others.len())].clone();
                 let pid2 = node_pid(up.pid(), &second).expect("the second victim runs");
                 signal(pid2, "KILL");
+                // With four voters, two are down until one is back: no rule applies then.
+                if !extra_in {
+                    again.push(writes_again(&db, k).await);
+                }
                 back(&up, &db, &victim, pid).await;
                 back(&up, &db, &second, pid2).await;
             }
@@ -304,6 +316,22 @@ async fn kills_power_cuts_double_failures_and_membership_changes_lose_nothing() 
         everything.len()
     );
     assert!(ops >= OPS_BETWEEN_FAULTS * rounds, "too few operations to mean anything: {ops}");
+    again.sort();
+    if let (Some(p50), Some(worst)) = (again.get(again.len() / 2), again.last()) {
+        eprintln!("fault_mix: every shard wrote again after p50 {p50:?}, max {worst:?}");
+        assert!(
+            *worst <= workload::PRIMARY_AGAIN_WITHIN,
+            "a shard took no write for {worst:?} with a majority of its voters alive (rule: {:?})",
+            workload::PRIMARY_AGAIN_WITHIN
+        );
+    }
+}
+
+/// How long until every shard takes a write after a failure (fails the test after
+/// [`RECOVERY`]).
+async fn writes_again(db: &Db, round: usize) -> Duration {
+    let took = workload::until_every_shard_writes(db, round, RECOVERY).await;
+    took.unwrap_or_else(|| panic!("round {round}: a shard took no write within {RECOVERY:?}"))
 }
 
 /// The servers of the cluster, with or without [`EXTRA`].

@@ -33,6 +33,35 @@ pub const KEYS: [i64; 24] = [
 /// Keys per group of those tests' histories (four adjacent keys, one shard each).
 pub const GROUP: i64 = 4;
 
+/// Probe keys, one per shard of [`config`], outside [`KEYS`]: updated to tell when a shard
+/// takes writes again (write them once first).
+pub const PROBES: [(&str, i64); 2] = [("sh1", 900), ("sh2", 1900)];
+/// The liveness rule (README "Guarantees"): once a majority of a shard's voters is alive, it
+/// takes writes again within this.
+pub const PRIMARY_AGAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long until every shard takes an update of its probe key again (`None`: not within
+/// `limit`). `round` names the update.
+pub async fn until_every_shard_writes(
+    db: &Db,
+    round: usize,
+    limit: std::time::Duration,
+) -> Option<std::time::Duration> {
+    let t = std::time::Instant::now();
+    for (shard, key) in PROBES {
+        let name = format!("probe{round}");
+        let done = super::poll(limit.saturating_sub(t.elapsed()), || async {
+            db.update(key, &row(key, &name)).await.ok()
+        })
+        .await;
+        if done.is_none() {
+            eprintln!("{shard} took no write within {limit:?}");
+            return None;
+        }
+    }
+    Some(t.elapsed())
+}
+
 /// A row of the default schema for `key` named `name`.
 pub fn row(key: i64, name: &str) -> Json {
     json!({"Stud_id": key, "Stud_name": name, "Stud_marks": 1})
