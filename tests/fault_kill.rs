@@ -18,7 +18,7 @@ mod workload;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use client::{Db, DbOptions};
+use client::Db;
 use common::*;
 use history::{History, Op, Outcome, Ret};
 use rand::{Rng, SeedableRng};
@@ -56,8 +56,7 @@ async fn kill9_under_load_keeps_every_key_linearizable() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config();
     let up = ClusterProc::up(0, dir.path(), &["--init", &cfg]);
-    let options = DbOptions { request_timeout: Duration::from_secs(10), ..Default::default() };
-    let db = Db::connect_binary_with(up.addr("binary"), options).await.unwrap();
+    let db = workload::connect(up.addr("binary")).await;
     let w = Workload::of_fault_tests();
     // Checked segment by segment (see workload.rs), each from the rows the last ended with.
     let mut clients = Clients::start(&db, &w, CLIENTS, 0, &[]);
@@ -126,11 +125,7 @@ async fn a_second_kill_inside_the_respawn_window_leaves_no_shard_without_a_prima
         std::env::var("SHARDGATE_SOAK_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
     let dir = tempfile::tempdir().unwrap();
     let up = ClusterProc::up(0, dir.path(), &["--init", &config()]);
-    let options = DbOptions { request_timeout: Duration::from_secs(10), ..Default::default() };
-    let db = Db::connect_binary_with(up.addr("binary"), options).await.unwrap();
-    for (_, key) in workload::PROBES {
-        db.write(&[workload::row(key, "probe")]).await.unwrap();
-    }
+    let db = workload::connect_with_probes(up.addr("binary")).await;
     let w = Workload::of_fault_tests();
     // Checked segment by segment (see workload.rs), each from the rows the last ended with.
     let mut clients = Clients::start(&db, &w, CLIENTS, 0, &[]);

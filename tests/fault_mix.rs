@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use client::{Db, DbOptions};
+use client::Db;
 use common::*;
 use powercut::PowerCutFs;
 use rand::{Rng, SeedableRng};
@@ -159,11 +159,7 @@ async fn kills_power_cuts_double_failures_and_membership_changes_lose_nothing() 
     let seed: u64 = std::env::var("SHARDGATE_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     let hosts = Hosts::new(&[SERVERS[0], SERVERS[1], SERVERS[2], EXTRA]);
     let up = up_on(&hosts);
-    let options = DbOptions { request_timeout: Duration::from_secs(10), ..Default::default() };
-    let db = Db::connect_binary_with(up.addr("binary"), options).await.unwrap();
-    for (_, key) in workload::PROBES {
-        db.write(&[workload::row(key, "probe")]).await.unwrap();
-    }
+    let db = workload::connect_with_probes(up.addr("binary")).await;
     let w = Workload::of_fault_tests();
     // Checked segment by segment (see workload.rs), each from the rows the last ended with.
     let mut clients = Clients::start(&db, &w, CLIENTS, 0, &[]);
@@ -295,7 +291,7 @@ async fn kills_power_cuts_double_failures_and_membership_changes_lose_nothing() 
     }
     drop(up);
     let up = up_on(&hosts);
-    let db = Db::connect_binary_with(up.addr("binary"), options).await.unwrap();
+    let db = workload::connect(up.addr("binary")).await;
     let ready = poll(RECOVERY, || async {
         let st = db.status().await.ok()?;
         let shards = st["shards"].as_array()?;

@@ -129,12 +129,22 @@ impl Node {
             Request::Update(u) => self.update(u, None).await,
             Request::Delete(d) => self.delete(d, None).await,
             // These sync `shard.json` (and a snapshot its log): off the async workers.
-            Request::Adopt(r) => command(self.shard(&r.shard)?, move |s| s.adopt(&r)).await,
-            Request::Promote(r) => command(self.shard(&r.shard)?, move |s| s.promote(&r)).await,
-            Request::Follow(r) => command(self.shard(&r.shard)?, move |s| s.follow(&r)).await,
+            Request::Adopt(r) => {
+                let shard = self.shard(&r.shard)?;
+                blocking(move || shard.adopt(&r)).await
+            }
+            Request::Promote(r) => {
+                let shard = self.shard(&r.shard)?;
+                blocking(move || shard.promote(&r)).await
+            }
+            Request::Follow(r) => {
+                let shard = self.shard(&r.shard)?;
+                blocking(move || shard.follow(&r)).await
+            }
             Request::Append(r) => self.shard(&r.shard)?.append(r).await,
             Request::Snapshot(r) => {
-                command(self.shard(&r.shard)?, move |s| s.snapshot_chunk(r)).await
+                let shard = self.shard(&r.shard)?;
+                blocking(move || shard.snapshot_chunk(r)).await
             }
             Request::ReplicaStatus(r) => Ok(Response::Replica(self.shard(&r.shard)?.status())),
             Request::Forward(f) => Ok(crate::http::forwarded(self, f).await),
@@ -194,14 +204,15 @@ impl Node {
             if let Ok(existing) = self.shard(&spec.shard_id) {
                 if let (None, Some(range)) = (existing.meta().spec.range, spec.range) {
                     let shard = existing.clone();
-                    blocking(move || shard.set_range(range)).await?;
+                    blocking(move || shard.set_range(range).map_err(internal)).await?;
                 }
                 continue;
             }
             let dir = self.data_dir.join(SHARDS_DIR).join(&spec.shard_id);
             let meta = ShardMeta::new(spec.clone(), c.schema.clone());
             let (opts, name) = (self.opts.clone(), self.name.clone());
-            let shard = blocking(move || Shard::create(&dir, &name, meta, opts)).await?;
+            let shard =
+                blocking(move || Shard::create(&dir, &name, meta, opts).map_err(internal)).await?;
             self.shards
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
@@ -317,24 +328,17 @@ fn check_shard_id(id: &str) -> std::result::Result<(), ErrorBody> {
     }
 }
 
-/// Runs a replication command of `shard` (it may sync files) on tokio's blocking threads.
-async fn command(
-    shard: Arc<Shard>,
-    f: impl FnOnce(&Shard) -> std::result::Result<Response, ErrorBody> + Send + 'static,
-) -> std::result::Result<Response, ErrorBody> {
-    match tokio::task::spawn_blocking(move || f(&shard)).await {
+/// Runs work that may sync files on tokio's blocking threads, not on an async worker.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::result::Result<T, ErrorBody> + Send + 'static,
+) -> std::result::Result<T, ErrorBody> {
+    match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
-        Err(e) => Err(ErrorBody::internal(format!("replication command failed: {e}"))),
+        Err(e) => Err(ErrorBody::internal(format!("storage task failed: {e}"))),
     }
 }
 
-/// Runs file-system work off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> std::result::Result<T, ErrorBody> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(ErrorBody::internal(e.to_string())),
-        Err(e) => Err(ErrorBody::internal(format!("storage task failed: {e}"))),
-    }
+/// A storage error as the answer to the request that met it.
+fn internal(e: crate::Error) -> ErrorBody {
+    ErrorBody::internal(e.to_string())
 }

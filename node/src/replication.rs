@@ -129,9 +129,7 @@ impl Shard {
     pub async fn append(self: Arc<Self>, req: AppendReq) -> Result<Response, ErrorBody> {
         let step = if self.append_syncs_files(&req) {
             let shard = self.clone();
-            tokio::task::spawn_blocking(move || shard.append_records(req)).await.unwrap_or_else(
-                |e| Err(ErrorBody::internal(format!("the append did not finish: {e}"))),
-            )?
+            crate::node::blocking(move || shard.append_records(req)).await?
         } else {
             self.append_records(req)?
         };

@@ -675,14 +675,14 @@ impl Shard {
                 }
             }
             Change::Delete(key) => {
-                if let (false, after) = st.exists_after(*key) {
+                let (exists, after) = st.exists_after(*key);
+                if !exists {
                     return Err(rests(after, not_found(*key, &core.id)));
                 }
                 if let Some(want) = only_if {
-                    let (_, pending) = st.exists_after(*key);
-                    if pending.is_some() || st.rows.get(key) != Some(want) {
+                    if after.is_some() || st.rows.get(key) != Some(want) {
                         return Err(rests(
-                            pending,
+                            after,
                             ErrorBody::not_found(format!(
                                 "Data entry for Stud_id:{key} in shard {} is not the one given \
                                  (changed since); not removed",

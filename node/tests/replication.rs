@@ -642,6 +642,16 @@ async fn a_deposed_primary_never_serves_a_linearizable_read_older_than_an_acknow
     }
 }
 
+/// A write of row `k` alone.
+fn insert(k: i64) -> Request {
+    Request::Write(WriteReq { shard: SHARD.into(), curr_idx: None, rows: vec![row(k)] })
+}
+
+/// A delete of row `k`.
+fn delete(k: i64) -> Request {
+    Request::Delete(protocol::DeleteReq { shard: SHARD.into(), key: k, only_if: None })
+}
+
 fn once(id: u64, req: Request) -> Request {
     Request::Once(protocol::OnceReq {
         id: protocol::RequestId { client: 42, seq: id },
@@ -655,12 +665,6 @@ async fn a_change_sent_again_under_its_id_is_applied_once_even_after_a_failover(
     let all: Vec<&TestNode> = nodes.iter().collect();
     let p = elect(&all, &all, &[], 1).await;
     let c = nodes[p].conn().await;
-    let insert = |k: i64| {
-        Request::Write(WriteReq { shard: SHARD.into(), curr_idx: None, rows: vec![row(k)] })
-    };
-    let delete = |k: i64| {
-        Request::Delete(protocol::DeleteReq { shard: SHARD.into(), key: k, only_if: None })
-    };
     // The first try and a retry of the same write: one row, the same LSN, no "exists".
     let first = match c.call(once(1, insert(5))).await {
         Ok(Response::Written { lsn, .. }) => lsn,
@@ -710,12 +714,6 @@ async fn a_change_sent_again_under_its_id_is_applied_once_after_restarts_and_sna
     let all: Vec<&TestNode> = nodes.iter().collect();
     let p = elect(&all, &all, &[], 1).await;
     let c = nodes[p].conn().await;
-    let insert = |k: i64| {
-        Request::Write(WriteReq { shard: SHARD.into(), curr_idx: None, rows: vec![row(k)] })
-    };
-    let delete = |k: i64| {
-        Request::Delete(protocol::DeleteReq { shard: SHARD.into(), key: k, only_if: None })
-    };
     assert!(matches!(c.call(insert(5)).await, Ok(Response::Written { .. })));
     // A delete under an id, then someone else writes the row again.
     assert!(matches!(c.call(once(7, delete(5))).await, Ok(Response::Deleted { .. })));

@@ -444,8 +444,9 @@ fn search(initial: Group, ops: &[Recorded]) -> bool {
     let mut stack: Vec<(usize, Group)> = Vec::new();
     let mut at = next[head];
     while next[head] != tail {
-        if at == tail {
-            // Only possible with nothing left to try after the last return: backtrack.
+        // A return (or, defensively, the end) reached: its call had to come first. Undo the
+        // last choice and try the call after it instead.
+        if at == tail || !events[at - 1].2 {
             let Some((call, old)) = stack.pop() else { return false };
             let i = events[call - 1].1;
             done[i / 64] &= !(1 << (i % 64));
@@ -455,32 +456,21 @@ fn search(initial: Group, ops: &[Recorded]) -> bool {
             at = next[call];
             continue;
         }
-        let (_, i, is_call) = events[at - 1];
-        if is_call {
-            let mut after = state.clone();
-            let got = after.invoke(&ops[i].op);
-            let fits = ops[i].ret.as_ref().is_none_or(|r| *r == got);
-            if fits {
-                done[i / 64] |= 1 << (i % 64);
-                if seen.insert((done.clone(), after.clone())) {
-                    stack.push((at, std::mem::replace(&mut state, after)));
-                    lift(&mut next, &mut prev, at);
-                    lift(&mut next, &mut prev, return_of[i]);
-                    at = next[head];
-                    continue;
-                }
-                done[i / 64] &= !(1 << (i % 64));
+        let i = events[at - 1].1;
+        let mut after = state.clone();
+        let got = after.invoke(&ops[i].op);
+        if ops[i].ret.as_ref().is_none_or(|r| *r == got) {
+            done[i / 64] |= 1 << (i % 64);
+            if seen.insert((done.clone(), after.clone())) {
+                stack.push((at, std::mem::replace(&mut state, after)));
+                lift(&mut next, &mut prev, at);
+                lift(&mut next, &mut prev, return_of[i]);
+                at = next[head];
+                continue;
             }
-            at = next[at];
-        } else {
-            let Some((call, old)) = stack.pop() else { return false };
-            let j = events[call - 1].1;
-            done[j / 64] &= !(1 << (j % 64));
-            state = old;
-            unlift(&mut next, &mut prev, return_of[j]);
-            unlift(&mut next, &mut prev, call);
-            at = next[call];
+            done[i / 64] &= !(1 << (i % 64));
         }
+        at = next[at];
     }
     true
 }

@@ -40,6 +40,24 @@ pub const PROBES: [(&str, i64); 2] = [("sh1", 900), ("sh2", 1900)];
 /// takes writes again within this.
 pub const PRIMARY_AGAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A binary client of the router at `addr`, 10 s per request.
+pub async fn connect(addr: std::net::SocketAddr) -> Db {
+    let options = client::DbOptions {
+        request_timeout: std::time::Duration::from_secs(10),
+        ..Default::default()
+    };
+    Db::connect_binary_with(addr, options).await.expect("connect to the router")
+}
+
+/// [`connect`], and the [`PROBES`] rows written.
+pub async fn connect_with_probes(addr: std::net::SocketAddr) -> Db {
+    let db = connect(addr).await;
+    for (_, key) in PROBES {
+        db.write(&[row(key, "probe")]).await.expect("write a probe row");
+    }
+    db
+}
+
 /// How long until every shard takes an update of its probe key again (`None`: not within
 /// `limit`). `round` names the update.
 pub async fn until_every_shard_writes(
