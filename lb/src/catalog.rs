@@ -481,6 +481,8 @@ fn parse_shards(v: Option<&Json>, field: &str) -> Result<Vec<ShardRange>, Refusa
         let Some((low, size)) = spec.range else {
             return refuse(format!("shard {} needs Stud_id_low and Shard_size", spec.shard_id));
         };
+        protocol::names::check("shard id", &spec.shard_id)
+            .map_err(|e| Refusal(format!("<Error> {e}")))?;
         if out.iter().any(|s| s.id == spec.shard_id) {
             return refuse(format!("shard {} is listed twice", spec.shard_id));
         }
@@ -495,6 +497,15 @@ fn parse_servers(v: Option<&Json>) -> Result<Vec<(String, Vec<ShardId>)>, Refusa
     };
     let mut out = Vec::new();
     for (name, shards) in map {
+        // `/add`'s `Server[5]` placeholders become `Server<6 digits>` names later.
+        let placeholder = name
+            .strip_prefix("Server[")
+            .and_then(|r| r.strip_suffix(']'))
+            .is_some_and(|d| d.parse::<u32>().is_ok());
+        if !placeholder {
+            protocol::names::check("server name", name)
+                .map_err(|e| Refusal(format!("<Error> {e}")))?;
+        }
         let Some(list) = shards.as_array() else {
             return refuse(format!("shards of server {name} must be an array"));
         };

@@ -14,24 +14,13 @@ pub const ADD_TOO_MANY_HOSTNAMES: &str =
 /// `/rm` with more hostnames than `n` (the contract's exact message).
 pub const RM_TOO_MANY_HOSTNAMES: &str =
     "<Error> Length of hostname list is more than removable instances";
-/// Longest hostname accepted (it becomes a directory name and a process argument).
-pub const MAX_HOSTNAME_LEN: usize = 64;
 /// Smallest and largest random 6-digit number (server ids, random names, request ids).
 pub const SIX_DIGITS: std::ops::RangeInclusive<u64> = 100_000..=999_999;
 
-/// Checks a hostname: 1..=64 of `A-Z a-z 0-9 - _ .`, not `.` or `..` (it names the
-/// replica's data directory and goes on its command line).
+/// Checks a hostname by the one rule for names (`protocol::names`: it names the replica's
+/// data directory and goes on its command line).
 pub fn validate_hostname(name: &str) -> Result<(), ErrorBody> {
-    let ok_chars =
-        name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if name.is_empty() || name.len() > MAX_HOSTNAME_LEN || !ok_chars || name == "." || name == ".."
-    {
-        return Err(ErrorBody::bad_request(format!(
-            "Hostname '{name}' is invalid; use 1 to {MAX_HOSTNAME_LEN} letters, digits, '-', '_' \
-             or '.'"
-        )));
-    }
-    Ok(())
+    protocol::names::check("hostname", name).map_err(ErrorBody::bad_request)
 }
 
 /// The names an `/add` of `n` replicas starts, in order: `hostnames` first, then random

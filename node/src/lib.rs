@@ -30,4 +30,4 @@ pub use error::{Error, Result};
 pub use http::{BODY_READ_TIMEOUT, MAX_HTTP_BODY_BYTES};
 pub use node::Node;
 pub use server::{run, run_with, Guards, NodeConfig, NodeServer};
-pub use shard::{Change, Progress, Shard, ShardMeta, ShardOptions};
+pub use shard::{Change, Progress, Shard, ShardMeta, ShardOptions, DEFAULT_MAX_SHARDS};

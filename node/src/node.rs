@@ -16,8 +16,6 @@ use crate::shard::{Change, Shard, ShardMeta, ShardOptions, META_FILE};
 const SHARDS_DIR: &str = "shards";
 /// How long a read waits for its replica to apply the LSN the caller already saw.
 const READ_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-/// Longest shard id accepted (it names a directory).
-const MAX_SHARD_ID_LEN: usize = 64;
 
 /// One storage server.
 pub struct Node {
@@ -200,6 +198,14 @@ impl Node {
                 }
             }
         }
+        let new = c.shards.iter().filter(|s| self.shard(&s.shard_id).is_err()).count();
+        let held = self.shards().len();
+        if held + new > self.opts.max_shards {
+            return Err(ErrorBody::bad_request(format!(
+                "{} holds {held} shards; {new} more would pass the most one node takes ({})",
+                self.name, self.opts.max_shards
+            )));
+        }
         for spec in &c.shards {
             if let Ok(existing) = self.shard(&spec.shard_id) {
                 if let (None, Some(range)) = (existing.meta().spec.range, spec.range) {
@@ -313,19 +319,9 @@ impl Node {
     }
 }
 
-/// Shard ids name directories: letters, digits, `_`, `-` and `.`, not starting with `.`.
+/// Shard ids name directories: the one rule for names (`protocol::names`).
 fn check_shard_id(id: &str) -> std::result::Result<(), ErrorBody> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_SHARD_ID_LEN
-        && !id.starts_with('.')
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-    if ok {
-        Ok(())
-    } else {
-        Err(ErrorBody::bad_request(format!(
-            "invalid shard id {id:?}: use 1 to {MAX_SHARD_ID_LEN} letters, digits, '_', '-' or '.'"
-        )))
-    }
+    protocol::names::check("shard id", id).map_err(ErrorBody::bad_request)
 }
 
 /// Runs work that may sync files on tokio's blocking threads, not on an async worker.

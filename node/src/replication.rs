@@ -53,10 +53,11 @@ impl Shard {
         if req.epoch < st.meta.epoch || (req.epoch == st.meta.epoch && !already && !adopted_here) {
             return Err(stale(&core.id, st.meta.epoch, req.epoch));
         }
+        check_step(&core.id, st.meta.epoch, req.epoch)?;
         // Another primary may hold a lease unless this one led the epoch just before (one
         // primary per epoch) or there was none before it.
-        let succeeds_itself =
-            matches!(st.meta.role, Role::Primary { .. }) && st.meta.epoch + 1 == req.epoch;
+        let succeeds_itself = matches!(st.meta.role, Role::Primary { .. })
+            && st.meta.epoch.checked_add(1) == Some(req.epoch);
         let fenced = !already && !succeeds_itself && req.epoch > 1;
         let mut meta = st.meta.clone();
         meta.epoch = req.epoch;
@@ -262,12 +263,14 @@ impl Shard {
         let mut st = core.lock_state();
         core.raise_epoch(&mut st, req.epoch, Some(&req.primary))?;
         if req.seq == 0 {
+            // A new snapshot replaces one in progress (the primary started over).
+            let staging = crate::snapshot::Staging::create(&core.dir, st.meta.spec.clone())
+                .map_err(|e| ErrorBody::internal(format!("cannot stage a snapshot: {e}")))?;
             st.incoming = Some(crate::shard::IncomingSnapshot {
                 lsn: req.lsn,
                 lsn_epoch: req.lsn_epoch,
                 next_seq: 0,
-                rows: Vec::new(),
-                ids: Vec::new(),
+                staging,
             });
         }
         let Some(inc) = st.incoming.as_mut() else {
@@ -279,8 +282,11 @@ impl Shard {
                 req.seq, inc.next_seq
             )));
         }
-        inc.rows.extend(req.rows);
-        inc.ids.extend(req.ids);
+        if let Err(why) = inc.staging.push(&req.rows) {
+            // The snapshot is void: the sender starts over from chunk 0.
+            st.incoming = None;
+            return Err(ErrorBody::bad_request(format!("shard {}: {why}", core.id)));
+        }
         inc.next_seq += 1;
         let next_seq = inc.next_seq;
         if !req.done {
@@ -297,12 +303,17 @@ impl Shard {
         }
         // The checkpoint file first, then the log restarts after it: a crash in between
         // leaves a checkpoint newer than the log, which opening repairs.
-        crate::snapshot::write(&core.dir, inc.lsn, inc.lsn_epoch, &inc.rows, &inc.ids)
+        let (lsn, lsn_epoch) = (inc.lsn, inc.lsn_epoch);
+        inc.staging
+            .finish(&core.dir, lsn, lsn_epoch, &req.ids)
             .map_err(|e| ErrorBody::internal(format!("cannot write snapshot: {e}")))?;
+        let snap = crate::snapshot::read(&core.dir)
+            .map_err(|e| ErrorBody::internal(format!("cannot read the snapshot back: {e}")))?
+            .ok_or_else(|| ErrorBody::internal("the snapshot just written is gone"))?;
         core.wal
-            .reset(inc.lsn, inc.lsn_epoch)
+            .reset(lsn, lsn_epoch)
             .map_err(|e| ErrorBody::internal(format!("cannot reset the log: {e}")))?;
-        core.install_snapshot(&mut st, inc);
+        core.install_snapshot(&mut st, snap);
         drop(st);
         core.durable.send_modify(|d| *d = core.wal.durable_lsn());
         core.advance();
@@ -330,6 +341,7 @@ impl Core {
         if epoch < st.meta.epoch {
             return Err(stale(&self.id, st.meta.epoch, epoch));
         }
+        check_step(&self.id, st.meta.epoch, epoch)?;
         let newer = epoch > st.meta.epoch;
         let role = match (primary, &st.meta.role) {
             (Some(p), _) => Role::Secondary { primary: Some(p.to_string()) },
@@ -367,15 +379,15 @@ impl Core {
         Ok(())
     }
 
-    fn install_snapshot(&self, st: &mut State, inc: crate::shard::IncomingSnapshot) {
+    fn install_snapshot(&self, st: &mut State, inc: crate::snapshot::Snapshot) {
         st.rows = inc.rows.into_iter().map(|r| (r.key, r)).collect();
         st.applied_lsn = inc.lsn;
-        st.applied_epoch = inc.lsn_epoch;
+        st.applied_epoch = inc.epoch;
         st.commit_lsn = inc.lsn;
         st.pending.clear();
         st.seen = crate::shard::Seen::restore(&inc.ids);
         st.epochs.clear();
-        st.base = (inc.lsn, inc.lsn_epoch);
+        st.base = (inc.lsn, inc.epoch);
         st.matched_lsn = inc.lsn;
         st.checkpoint_lsn = inc.lsn;
         st.rebuild_overlay();
@@ -632,6 +644,18 @@ async fn sleep_or_cancel(cancel: &CancellationToken, d: Duration) -> bool {
         _ = cancel.cancelled() => true,
         _ = tokio::time::sleep(d) => false,
     }
+}
+
+/// Refuses an epoch further past `current` than `protocol::MAX_EPOCH_STEP` (forged or
+/// corrupt: honest epochs move one at a time).
+fn check_step(shard: &str, current: Epoch, got: Epoch) -> Result<(), ErrorBody> {
+    if !protocol::epoch_too_far(current, got) {
+        return Ok(());
+    }
+    Err(ErrorBody::bad_request(format!(
+        "shard {shard}: epoch {got} is more than {} past this replica's epoch {current}; refused",
+        protocol::MAX_EPOCH_STEP
+    )))
 }
 
 fn stale(shard: &str, current: Epoch, got: Epoch) -> ErrorBody {

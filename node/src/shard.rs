@@ -209,11 +209,21 @@ pub struct ShardOptions {
     pub wal: wal::Options,
     /// Take a checkpoint (and purge the log below it) once the log has this many segments.
     pub checkpoint_segments: usize,
+    /// Most shards one node holds: each costs a zero-filled log segment (32 MiB by default)
+    /// and a committer thread, so `/config` refuses new shards beyond it.
+    pub max_shards: usize,
 }
+
+/// Default of [`ShardOptions::max_shards`].
+pub const DEFAULT_MAX_SHARDS: usize = 32;
 
 impl Default for ShardOptions {
     fn default() -> Self {
-        ShardOptions { wal: wal::Options::default(), checkpoint_segments: 4 }
+        ShardOptions {
+            wal: wal::Options::default(),
+            checkpoint_segments: 4,
+            max_shards: DEFAULT_MAX_SHARDS,
+        }
     }
 }
 
@@ -261,8 +271,8 @@ pub(crate) struct IncomingSnapshot {
     pub lsn: Lsn,
     pub lsn_epoch: Epoch,
     pub next_seq: u32,
-    pub rows: Vec<Row>,
-    pub ids: Vec<(RequestId, Lsn)>,
+    /// The rows received so far, on disk.
+    pub staging: crate::snapshot::Staging,
 }
 
 pub(crate) struct Core {

@@ -30,6 +30,8 @@ const ROWS_PER_CHUNK: usize = 4096;
 /// File name of the current checkpoint inside a shard directory.
 pub(crate) const SNAPSHOT_FILE: &str = "snapshot";
 const SNAPSHOT_TMP: &str = "snapshot.tmp";
+/// Rows of a snapshot being received (see [`Staging`]).
+const SNAPSHOT_INCOMING: &str = "snapshot.incoming";
 
 /// A checkpoint read back from disk.
 pub(crate) struct Snapshot {
@@ -48,6 +50,24 @@ pub(crate) fn write(
     rows: &[Row],
     ids: &[(RequestId, Lsn)],
 ) -> std::io::Result<()> {
+    write_with(dir, lsn, epoch, ids, rows.len() as u64, |w| {
+        for chunk in rows.chunks(ROWS_PER_CHUNK) {
+            write_chunk(w, &protocol::wire::encode(&chunk).map_err(std::io::Error::other)?)?;
+        }
+        Ok(())
+    })
+}
+
+/// Writes a checkpoint whose row chunks `body` writes (`rows` rows in all) as
+/// `snapshot.tmp`, syncs it and renames it over `snapshot`.
+fn write_with(
+    dir: &Path,
+    lsn: Lsn,
+    epoch: Epoch,
+    ids: &[(RequestId, Lsn)],
+    rows: u64,
+    body: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let tmp = dir.join(SNAPSHOT_TMP);
     let file = File::create(&tmp)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
@@ -56,23 +76,86 @@ pub(crate) fn write(
     header[8..16].copy_from_slice(&lsn.to_le_bytes());
     header[16..24].copy_from_slice(&epoch.to_le_bytes());
     w.write_all(&header)?;
-    let mut chunk_out = |bytes: bytes::Bytes| -> std::io::Result<()> {
-        w.write_all(&(bytes.len() as u32).to_le_bytes())?;
-        w.write_all(&crc32fast::hash(&bytes).to_le_bytes())?;
-        w.write_all(&bytes)
-    };
-    chunk_out(protocol::wire::encode(&ids).map_err(std::io::Error::other)?)?;
-    for chunk in rows.chunks(ROWS_PER_CHUNK) {
-        chunk_out(protocol::wire::encode(&chunk).map_err(std::io::Error::other)?)?;
-    }
+    write_chunk(&mut w, &protocol::wire::encode(&ids).map_err(std::io::Error::other)?)?;
+    body(&mut w)?;
     w.write_all(&0u32.to_le_bytes())?;
     w.write_all(&crc32fast::hash(&header).to_le_bytes())?;
-    w.write_all(&(rows.len() as u64).to_le_bytes())?;
+    w.write_all(&rows.to_le_bytes())?;
     let file = w.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     drop(file);
     fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
     File::open(dir)?.sync_all()
+}
+
+/// One chunk: `{ len:u32 | crc32:u32 | bytes }`.
+fn write_chunk(w: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(bytes.len()).map_err(std::io::Error::other)?;
+    w.write_all(&len.to_le_bytes())?;
+    w.write_all(&crc32fast::hash(bytes).to_le_bytes())?;
+    w.write_all(bytes)
+}
+
+/// A checkpoint arriving from a primary in chunks. Its rows go to a staging file as they
+/// come, so a replica holds one chunk in memory however large the snapshot (or however many
+/// chunks a peer sends); [`Staging::finish`] makes the file the shard's checkpoint. The
+/// rows must come in strictly increasing key order, inside the shard's range when it has one.
+pub(crate) struct Staging {
+    file: BufWriter<File>,
+    path: std::path::PathBuf,
+    rows: u64,
+    last_key: Option<i64>,
+    spec: protocol::ShardSpec,
+}
+
+impl Staging {
+    /// Starts (or starts over) the staging file of `dir`.
+    pub(crate) fn create(dir: &Path, spec: protocol::ShardSpec) -> std::io::Result<Staging> {
+        let path = dir.join(SNAPSHOT_INCOMING);
+        let file = BufWriter::with_capacity(1 << 20, File::create(&path)?);
+        Ok(Staging { file, path, rows: 0, last_key: None, spec })
+    }
+
+    /// Adds the rows of one chunk; rows out of order or out of range are refused (the
+    /// message says which) and nothing of them is kept.
+    pub(crate) fn push(&mut self, rows: &[Row]) -> Result<(), String> {
+        let mut last = self.last_key;
+        for r in rows {
+            if last.is_some_and(|l| r.key <= l) {
+                return Err(format!("snapshot row {} is not after row {:?}", r.key, last));
+            }
+            if !self.spec.contains(r.key) {
+                return Err(format!("snapshot row {} is outside the shard's range", r.key));
+            }
+            last = Some(r.key);
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let bytes = protocol::wire::encode(&rows).map_err(|e| e.to_string())?;
+        write_chunk(&mut self.file, &bytes)
+            .map_err(|e| format!("cannot stage the snapshot in {}: {e}", self.path.display()))?;
+        self.last_key = last;
+        self.rows += rows.len() as u64;
+        Ok(())
+    }
+
+    /// Makes the staged rows, with `ids`, the checkpoint of `dir` at `(lsn, epoch)`
+    /// (durably, as [`write`] does), and removes the staging file.
+    pub(crate) fn finish(
+        self,
+        dir: &Path,
+        lsn: Lsn,
+        epoch: Epoch,
+        ids: &[(RequestId, Lsn)],
+    ) -> std::io::Result<()> {
+        let Staging { file, path, rows, .. } = self;
+        drop(file.into_inner().map_err(|e| e.into_error())?);
+        write_with(dir, lsn, epoch, ids, rows, |w| {
+            std::io::copy(&mut File::open(&path)?, w).map(|_| ())
+        })?;
+        fs::remove_file(&path)
+    }
 }
 
 /// Reads the checkpoint of `dir`, `None` when there is none. Damage is an error naming the

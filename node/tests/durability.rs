@@ -73,6 +73,7 @@ async fn checkpoints_bound_the_log_and_restarts_replay_only_the_rest() {
     let opts = ShardOptions {
         wal: wal::Options { segment_size: 4096, ..wal::Options::default() },
         checkpoint_segments: 3,
+        ..ShardOptions::default()
     };
     let server = NodeServer::start(config("Server0", dir.path(), opts.clone())).await.unwrap();
     let mut h = Http::connect(server.http_addr().unwrap()).await;

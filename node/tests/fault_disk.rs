@@ -73,6 +73,7 @@ fn small_segments() -> ShardOptions {
         },
         // No checkpoints: sealed segments stay (a checkpoint would purge them).
         checkpoint_segments: 100_000,
+        ..ShardOptions::default()
     }
 }
 

@@ -374,6 +374,7 @@ async fn a_fresh_replica_catches_up_by_snapshot_and_log() {
     let opts = ShardOptions {
         wal: wal::Options { segment_size: 256 * 1024, ..wal::Options::default() },
         checkpoint_segments: 2,
+        ..ShardOptions::default()
     };
     let nodes = cluster(3, opts).await;
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
@@ -709,6 +710,7 @@ async fn a_change_sent_again_under_its_id_is_applied_once_after_restarts_and_sna
     let opts = ShardOptions {
         wal: wal::Options { segment_size: 64 * 1024, ..wal::Options::default() },
         checkpoint_segments: 2,
+        ..ShardOptions::default()
     };
     let mut nodes = cluster(3, opts.clone()).await;
     let all: Vec<&TestNode> = nodes.iter().collect();

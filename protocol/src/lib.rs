@@ -19,6 +19,7 @@
 //! - [`server`]: the serving side of a binary door (accept, handshake, pipelined requests).
 //! - [`auth`]: the cluster secret's challenge-response, and the HTTP admin token.
 //! - [`limits`]: connection caps per listener, row caps per request, the HTTP idle timeout.
+//! - [`names`]: the one rule for server names and shard ids (they name directories).
 
 #![warn(missing_docs)]
 
@@ -29,6 +30,7 @@ pub mod handshake;
 pub mod json;
 pub mod limits;
 pub mod message;
+pub mod names;
 pub mod parse_errors;
 pub mod server;
 pub mod types;
@@ -48,4 +50,7 @@ pub use message::{
     ReplicaStatusReq, Request, RequestFrame, RequestId, Response, ResponseFrame, Role,
     SnapshotChunk, UpdateReq, WriteReq,
 };
-pub use types::{DType, Epoch, Lsn, Row, Schema, ShardId, ShardSpec, Value, KEY_COLUMN};
+pub use types::{
+    epoch_too_far, DType, Epoch, Lsn, Row, Schema, ShardId, ShardSpec, Value, KEY_COLUMN,
+    MAX_EPOCH_STEP,
+};

@@ -12,6 +12,18 @@ pub type Lsn = u64;
 /// Primary epoch of a shard; raised by the manager at every election or membership change.
 pub type Epoch = u64;
 
+/// Most an epoch may move forward in one step: a replica refuses an epoch further past its
+/// own, and the shard manager does not skip past an epoch a replica reports further past
+/// its catalog's. Honest epochs move by one per election or voter change, so a replica that
+/// missed even millions of them is far inside the bound; a forged or corrupt epoch near
+/// `u64::MAX` is refused instead of becoming the shard's, where the next epoch would wrap.
+pub const MAX_EPOCH_STEP: Epoch = 1 << 32;
+
+/// Whether `epoch` is further past `current` than [`MAX_EPOCH_STEP`].
+pub fn epoch_too_far(current: Epoch, epoch: Epoch) -> bool {
+    epoch > current.saturating_add(MAX_EPOCH_STEP)
+}
+
 /// The column every row is keyed and sharded by.
 pub const KEY_COLUMN: &str = "Stud_id";
 

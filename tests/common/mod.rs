@@ -74,6 +74,11 @@ impl NodeProc {
         guard
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends `signal` (e.g. "STOP", "CONT") to the process.
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();

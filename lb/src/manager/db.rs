@@ -22,7 +22,7 @@ use super::nodes::Nodes;
 use super::Manager;
 use crate::catalog::{Catalog, CatalogEvent, Refusal};
 use crate::control::{AdminOp, CatalogView, ServerView};
-use crate::members::{self, SIX_DIGITS};
+use crate::members::SIX_DIGITS;
 
 /// Longest a catalog watch is held before it is answered unchanged.
 pub const MAX_CATALOG_WAIT: Duration = Duration::from_secs(5);
@@ -255,9 +255,6 @@ impl Manager {
             .map_err(refusal)?;
         let CatalogEvent::Init { servers, .. } = &ev else { unreachable!("init makes Init") };
         let names: Vec<String> = servers.iter().map(|(n, _)| n.clone()).collect();
-        for n in &names {
-            members::validate_hostname(n)?;
-        }
         self.ensure_members(&names).await?;
         self.persist(ev).await?;
         self.round(&mut rt).await;
@@ -298,9 +295,6 @@ impl Manager {
         let CatalogEvent::Add { servers, .. } = &ev else { unreachable!("add makes Add") };
         let added = servers.clone();
         let names: Vec<String> = added.iter().map(|(n, _)| n.clone()).collect();
-        for n in &names {
-            members::validate_hostname(n)?;
-        }
         self.ensure_members(&names).await?;
         self.persist(ev).await?;
         self.round(&mut rt).await;

@@ -240,7 +240,11 @@ impl Manager {
             .into_iter()
             .filter(|l| !new_voters.contains(l) && !ch.removing.contains(l))
             .collect();
-        let epoch = cat.epoch_of(shard) + 1;
+        let Some(epoch) = cat.epoch_of(shard).checked_add(1) else {
+            return Err(ErrorBody::internal(format!(
+                "shard {shard}: no epoch is left after u64::MAX"
+            )));
+        };
         // 1. The epoch (and voter set) first, durable before any node hears of it.
         let ev = match &ch.new_voters {
             Some(v) => CatalogEvent::Voters { shard: shard.into(), epoch, voters: v.clone() },
@@ -320,12 +324,24 @@ impl Manager {
         // Answers came in any order; the choice breaks ties by `order`.
         adopted.sort_by_key(|a| order.iter().position(|n| *n == a.0));
         if let Some(current) = newer.filter(|c| *c >= epoch) {
-            // A node knows an epoch this log does not (only if the log was lost): skip past
-            // it; the next attempt takes a fresh one.
-            self.persist(CatalogEvent::Epoch { shard: shard.into(), epoch: current }).await?;
-            return Err(ErrorBody::unavailable(format!(
-                "shard {shard}: a replica is at epoch {current}, past {epoch}; retrying"
-            )));
+            if protocol::epoch_too_far(epoch, current) {
+                // Not an epoch this manager could have made: skipping to it would bring the
+                // shard's epochs near the end of their range. The replica stays out of this
+                // election (it refused to adopt); the others decide.
+                tracing::warn!(
+                    shard,
+                    epoch,
+                    claimed = current,
+                    "a replica claims an epoch far past the catalog's; ignoring it"
+                );
+            } else {
+                // A node knows an epoch this log does not (only if the log was lost): skip past
+                // it; the next attempt takes a fresh one.
+                self.persist(CatalogEvent::Epoch { shard: shard.into(), epoch: current }).await?;
+                return Err(ErrorBody::unavailable(format!(
+                    "shard {shard}: a replica is at epoch {current}, past {epoch}; retrying"
+                )));
+            }
         }
         // 3. Choose.
         let primary = match &ch.keep {
