@@ -9,6 +9,7 @@ mod harness;
 use std::time::Duration;
 
 use harness::*;
+use protocol::{AdoptReq, FollowReq, PromoteReq, Quorum, Request, Response};
 use serde_json::{json, Value as Json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,6 +397,40 @@ async fn two_routers_on_one_manager() {
     assert_eq!(b.req("PUT", "/update", Some(json!({"Stud_id": 0, "data": row(0)}))).await.0, 200);
     let q = json!({"Stud_id": {"low": 0, "high": 12287}, "consistency": "linearizable"});
     assert_eq!(a.req("POST", "/read", Some(q)).await.1["data"].as_array().unwrap().len(), 50);
+}
+
+/// A router that has just started knows no LSN floor: its first read of a shard goes
+/// through the primary, so it sees every write acknowledged before it started (by another
+/// router here; by itself before a restart of `up` in `tests/fault_mix.rs`, which found it:
+/// a replica that was behind answered the first read after the restart). S3 is made to lag
+/// for good: sh1's primary replicates to S0 and S2 only, while the catalog still lists S3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_router_reads_every_write_acknowledged_before_it_started() {
+    let c = Cluster::start().await;
+    for n in ["S0", "S2"] {
+        let adopted = c.node(n).call(Request::Adopt(AdoptReq { shard: "sh1".into(), epoch: 2 }));
+        assert!(matches!(adopted.await, Response::Adopted { .. }));
+    }
+    let promoted = c.node("S0").call(Request::Promote(PromoteReq {
+        shard: "sh1".into(),
+        epoch: 2,
+        voters: vec![c.node("S0").replica(), c.node("S2").replica()],
+        learners: vec![],
+        quorum: Quorum::Majority,
+    }));
+    assert!(matches!(promoted.await, Response::Replica(_)));
+    let follow = FollowReq { shard: "sh1".into(), epoch: 2, primary: c.node("S0").replica() };
+    assert!(matches!(c.node("S2").call(Request::Follow(follow)).await, Response::Replica(_)));
+    let mut a = c.http().await;
+    for i in 0..24i64 {
+        let id = i * 97;
+        assert_eq!(a.req("POST", "/write", Some(json!({"data": [row(id)]}))).await.0, 200);
+        let (_b, b_http, _b_binary, stop) = start_router(&c.fake, |_| {}).await;
+        let mut b = Http::connect(b_http).await;
+        let got = b.req("POST", "/read", Some(json!({"Stud_id": {"low": id, "high": id}}))).await;
+        assert_eq!(got.1["data"], json!([row(id)]), "a new router missed write {i} ({id})");
+        let _ = stop.send(());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -212,6 +212,13 @@ fn named(rows: &[Json]) -> Vec<(i64, String)> {
 /// started after everything else ended. Returns the rows.
 pub async fn final_state(db: &Db, servers: &[&str], h: &History, keys: &[i64]) -> Vec<Json> {
     let everything = db.read(0, 1999).await.expect("a final read of every row");
+    if std::env::var_os("SHARDGATE_TEST_TRACE").is_some() {
+        let keys: Vec<(i64, &str)> = everything
+            .iter()
+            .filter_map(|r| Some((r["Stud_id"].as_i64()?, r["Stud_name"].as_str()?)))
+            .collect();
+        eprintln!("final_state: the router read {} rows: {keys:?}", keys.len());
+    }
     let converged = super::poll(std::time::Duration::from_secs(30), || async {
         for s in servers {
             let shards = db.read_server(s).await.ok()?;

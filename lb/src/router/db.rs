@@ -286,6 +286,7 @@ pub(super) async fn server_rows(
         return Err(ErrorBody::unavailable(format!("server {name} has no usable address")));
     };
     let reads = shards.iter().map(|id| async move {
+        router.ensure_floor(id).await?;
         let req = Request::Read(ReadReq {
             shard: id.clone(),
             low: i64::MIN,
