@@ -397,7 +397,8 @@ pub async fn up(args: UpArgs, shutdown: impl Future<Output = ()>) -> Result<(), 
     warn_manager_exposure(&args.manager, &control);
     listeners.warn_if_exposed(cfg.admin_token.is_some());
     let control_addr = local(&control);
-    let Some(running) = start_manager(&args.manager, control, &mut shutdown).await? else {
+    let Some(manager) = ManagerThread::start(args.manager.clone(), control, &mut shutdown).await?
+    else {
         return Ok(());
     };
     let addrs = listeners.describe();
@@ -409,8 +410,74 @@ pub async fn up(args: UpArgs, shutdown: impl Future<Output = ()>) -> Result<(), 
     })
     .await;
     tracing::info!("stopping: router stopped, stopping the shard manager and every replica");
-    running.stop().await;
-    result
+    let stopped = manager.stop().await;
+    result.and(stopped)
+}
+
+/// The shard manager of `up`, on a runtime of its own (two threads named `manager`): its
+/// heartbeats, elections and control door keep their timing whatever load the router
+/// carries on the main runtime (a router busy with thousands of clients once delayed the
+/// manager's heartbeat checks enough that it replaced healthy nodes).
+struct ManagerThread {
+    runtime: tokio::runtime::Runtime,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl ManagerThread {
+    /// Starts the manager on its runtime; `None` when `shutdown` came first.
+    async fn start(
+        args: ManagerArgs,
+        control: TcpListener,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> Result<Option<ManagerThread>, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("manager")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the shard manager's runtime: {e}"))?;
+        // The listener moves to the manager's runtime (its readiness comes from there).
+        let control = control.into_std().map_err(|e| format!("control listener: {e}"))?;
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<bool>();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = runtime.spawn(async move {
+            let control =
+                TcpListener::from_std(control).map_err(|e| format!("control listener: {e}"))?;
+            let mut stopped = Box::pin(async move {
+                let _ = stop_rx.await;
+            });
+            let Some(running) = start_manager(&args, control, &mut stopped).await? else {
+                let _ = ready_tx.send(false);
+                return Ok(());
+            };
+            let _ = ready_tx.send(true);
+            stopped.await;
+            running.stop().await;
+            Ok(())
+        });
+        let started = tokio::select! {
+            r = ready_rx => r.unwrap_or(false),
+            _ = &mut *shutdown => false,
+        };
+        let this = ManagerThread { runtime, task, stop };
+        if started {
+            return Ok(Some(this));
+        }
+        // Stopped before it served, or failed to start: wait for it, and say why.
+        this.stop().await.map(|()| None)
+    }
+
+    /// Stops the manager (and every replica it started), then its runtime.
+    async fn stop(self) -> Result<(), String> {
+        let _ = self.stop.send(());
+        let result = match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(format!("the shard manager failed: {e}")),
+        };
+        self.runtime.shutdown_background();
+        result
+    }
 }
 
 /// `shardgate manager`: the shard manager alone.

@@ -242,3 +242,46 @@ async fn config_takes_no_more_shards_than_a_node_holds() {
     let created = std::fs::read_dir(dir.path().join("shards")).unwrap().count();
     assert_eq!(created, 1, "a refused /config created shards");
 }
+
+/// 40 clients each declare a 16 MB body, send half of it and stall: the router holds at
+/// most its HTTP memory budget for them (it used to read every one into memory, 320 MiB
+/// here), and the shard manager in the same process, on its own runtime, replaces nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_large_bodies_hold_the_budget_and_cost_no_node() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = ClusterProc::up(3, dir.path(), &["--init", &two_shards(64)]);
+    let lb = up.http();
+    let nodes_before = node_pids(up.pid());
+    let (_, status_before) = http(lb, "GET", "/status", None).await;
+    let before = vm_rss_kib(up.pid());
+    let half = vec![b'x'; 8 << 20];
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        let mut s = tokio::net::TcpStream::connect(lb).await.unwrap();
+        let head = "POST /write HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                    Content-Length: 16000000\r\n\r\n";
+        s.write_all(head.as_bytes()).await.unwrap();
+        // The router may stop reading (back-pressure): a bounded write, not a hang.
+        let _ = tokio::time::timeout(Duration::from_millis(300), s.write_all(&half)).await;
+        held.push(s);
+    }
+    // Let the router take in what it will.
+    let settled = poll(Duration::from_secs(5), || async {
+        let a = vm_rss_kib(up.pid());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        (vm_rss_kib(up.pid()) <= a + 1024).then_some(())
+    })
+    .await;
+    assert!(settled.is_some(), "the router's memory kept growing");
+    let grown_mib = vm_rss_kib(up.pid()).saturating_sub(before) / 1024;
+    assert!(grown_mib < 200, "40 stalled 16 MB bodies grew the router by {grown_mib} MiB");
+    // Data requests are served meanwhile.
+    let row = json!({"data": [{"Stud_id": 3, "Stud_name": "Bo", "Stud_marks": 5}]});
+    assert_eq!(http(lb, "POST", "/write", Some(row)).await.0, 200);
+    drop(held);
+    let (_, status_after) = http(lb, "GET", "/status", None).await;
+    assert_eq!(status_before, status_after, "a shard moved under load");
+    assert_eq!(nodes_before, node_pids(up.pid()), "a node was replaced under load");
+    up.kill9();
+}

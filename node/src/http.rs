@@ -10,9 +10,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::future::BoxFuture;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, StatusCode};
@@ -36,7 +35,7 @@ pub const MAX_HTTP_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// stops half way would otherwise hold its connection for ever.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-type HttpResponse = hyper::Response<Full<Bytes>>;
+type HttpResponse = hyper::Response<protocol::budget::Answer>;
 
 /// What an endpoint answers, whichever door the request came through.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +80,19 @@ pub(crate) async fn serve(
             let _permit = permit;
             let service = hyper::service::service_fn(move |req| {
                 let (node, token) = (node.clone(), token.clone());
-                async move { Ok::<_, Infallible>(handle(&node, req, token.as_ref().as_ref()).await) }
+                async move {
+                    // Large bodies and answers hold the process's HTTP memory budget.
+                    let headers = req.headers().clone();
+                    let serve = handle(&node, req, token.as_ref().as_ref());
+                    let refuse = |e: &ErrorBody| http_response(error_answer(e));
+                    let resp = protocol::budget::within_budget(
+                        &headers,
+                        MAX_HTTP_BODY_BYTES,
+                        serve,
+                        refuse,
+                    );
+                    Ok::<_, Infallible>(resp.await)
+                }
             });
             protocol::limits::serve_http1(stream, idle, service, &cancel).await
         });
@@ -354,7 +365,7 @@ fn json_answer(status: StatusCode, body: &Json) -> Answer {
 /// The HTTP door's response: a JSON body with its content type, or an empty body.
 fn http_response(a: Answer) -> HttpResponse {
     let json = !a.body.is_empty();
-    let mut r = hyper::Response::new(Full::new(Bytes::from(a.body)));
+    let mut r = hyper::Response::new(protocol::budget::Answer::new(a.body));
     *r.status_mut() = a.status;
     if json {
         r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

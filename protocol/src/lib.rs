@@ -19,11 +19,13 @@
 //! - [`server`]: the serving side of a binary door (accept, handshake, pipelined requests).
 //! - [`auth`]: the cluster secret's challenge-response, and the HTTP admin token.
 //! - [`limits`]: connection caps per listener, row caps per request, the HTTP idle timeout.
+//! - [`budget`]: the memory an HTTP door holds for bodies and unsent answers.
 //! - [`names`]: the one rule for server names and shard ids (they name directories).
 
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod budget;
 pub mod codec;
 pub mod error;
 pub mod handshake;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Incoming};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, StatusCode};
@@ -34,7 +34,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// stops half way would otherwise hold its connection for ever.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(super) type HttpResponse = hyper::Response<Full<Bytes>>;
+pub(super) type HttpResponse = hyper::Response<protocol::budget::Answer>;
 
 /// Prefix of `GET /read/<server_name>`.
 const READ_SERVER_PREFIX: &str = "/read/";
@@ -130,10 +130,21 @@ async fn handle(
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
-    let (resp, endpoint) = match read_body(body).await {
-        Ok(b) => route(router, nodes, &parts, path, b, peer).await,
-        Err(resp) => (resp, None),
+    // Large bodies and answers hold the process's HTTP memory budget (protocol::budget).
+    let mut endpoint = None;
+    let serve = async {
+        match read_body(body).await {
+            Ok(b) => {
+                let (resp, e) = route(router, nodes, &parts, path, b, peer).await;
+                endpoint = e;
+                resp
+            }
+            Err(resp) => resp,
+        }
     };
+    let resp =
+        protocol::budget::within_budget(&parts.headers, MAX_HTTP_BODY_BYTES, serve, error_response)
+            .await;
     let status = resp.status().as_u16();
     if let Some(endpoint) = endpoint {
         router.metrics.db_request(endpoint, status);
@@ -274,7 +285,7 @@ fn metrics(router: &Router) -> HttpResponse {
     let mut text = router.metrics.render(&router.table(), &router.cfg.hash);
     router.metrics.render_db(&mut text, &router.db_table(), &router.lsn_floors());
     super::metrics::render_connections(&mut text, &[&router.http_conns, &router.binary_conns]);
-    let mut r = hyper::Response::new(Full::new(Bytes::from(text)));
+    let mut r = hyper::Response::new(protocol::budget::Answer::new(text));
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     r
@@ -337,7 +348,7 @@ async fn forward(
     }
     // As the node's HTTP shim sends it: JSON, or an empty body without a content type.
     let json = !reply.body.is_empty();
-    let mut r = hyper::Response::new(Full::new(reply.body));
+    let mut r = hyper::Response::new(protocol::budget::Answer::new(reply.body));
     *r.status_mut() = reply.status;
     if json {
         r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -394,7 +405,7 @@ pub(super) fn json_response(status: StatusCode, body: &Json) -> HttpResponse {
 
 /// A response whose body is JSON text already (the manager's answers, passed on as they are).
 pub(super) fn raw_json_response(status: StatusCode, body: Vec<u8>) -> HttpResponse {
-    let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
+    let mut r = hyper::Response::new(protocol::budget::Answer::new(body));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
