@@ -161,9 +161,9 @@ mod tests {
         assert_eq!(e.message, "<Error> Hostname 'S5' is already in use");
         let e = plan_add(&existing, 2, &names(&["S4", "S4"]), 100, &mut rng()).unwrap_err();
         assert_eq!(e.message, "<Error> Hostname 'S4' appears more than once");
-        for bad in ["", "a b", "../x", "..", "x/y", &"x".repeat(65)] {
+        for bad in ["", "a b", "../x", "..", "x/y", "-h", ".hidden", &"x".repeat(65)] {
             let e = plan_add(&existing, 1, &names(&[bad]), 100, &mut rng()).unwrap_err();
-            assert!(e.message.contains("is invalid"), "{bad:?}: {}", e.message);
+            assert!(e.message.contains("invalid hostname"), "{bad:?}: {}", e.message);
         }
     }
 

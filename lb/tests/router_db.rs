@@ -433,6 +433,53 @@ async fn a_new_router_reads_every_write_acknowledged_before_it_started() {
     }
 }
 
+/// A refusal that rests on the data ("no such row") raises the router's LSN floor like an
+/// answer's LSN: after an update refused because another router deleted the row, no read
+/// through this router shows the row again (found by the fault_mix soak, seed 104: an
+/// update answered "missing", then the same client's read, served by a replica that had not
+/// yet applied the delete, returned the row). S3 keeps serving reads of sh1 with what it
+/// had when it stopped getting sh1's log: the row, not its delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_on_data_keeps_later_reads_from_going_back() {
+    let c = Cluster::start().await;
+    let mut a = c.http().await;
+    let id = 42;
+    assert_eq!(a.req("POST", "/write", Some(json!({"data": [row(id)]}))).await.0, 200);
+    // Router A's floor is now at that write; S3 applies it too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !c.node("S3").rows("sh1").await.iter().any(|r| r.key == id) {
+        assert!(tokio::time::Instant::now() < deadline, "S3 never applied the write");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // sh1's primary stops replicating to S3 (epoch 2, voters S0 and S2).
+    for n in ["S0", "S2"] {
+        let adopted = c.node(n).call(Request::Adopt(AdoptReq { shard: "sh1".into(), epoch: 2 }));
+        assert!(matches!(adopted.await, Response::Adopted { .. }));
+    }
+    let promoted = c.node("S0").call(Request::Promote(PromoteReq {
+        shard: "sh1".into(),
+        epoch: 2,
+        voters: vec![c.node("S0").replica(), c.node("S2").replica()],
+        learners: vec![],
+        quorum: Quorum::Majority,
+    }));
+    assert!(matches!(promoted.await, Response::Replica(_)));
+    let follow = FollowReq { shard: "sh1".into(), epoch: 2, primary: c.node("S0").replica() };
+    assert!(matches!(c.node("S2").call(Request::Follow(follow)).await, Response::Replica(_)));
+    // Another router deletes the row; router A never sees that answer.
+    let (_b, b_http, _b_binary, stop) = start_router(&c.fake, |_| {}).await;
+    let mut b = Http::connect(b_http).await;
+    assert_eq!(b.req("DELETE", "/del", Some(json!({"Stud_id": id}))).await.0, 200);
+    let _ = stop.send(());
+    // A's update is refused: the row is gone. From then on, A never shows it again.
+    let upd = json!({"Stud_id": id, "data": {"Stud_id": id, "Stud_name": "x", "Stud_marks": 1}});
+    assert_eq!(a.req("PUT", "/update", Some(upd)).await.0, 404);
+    for i in 0..30 {
+        let got = a.req("POST", "/read", Some(json!({"Stud_id": {"low": id, "high": id}}))).await;
+        assert_eq!(got.1["data"], json!([]), "read {i} after the refused update shows the row");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_are_not_spread_to_learners() {
     let mut c = Cluster::start().await;

@@ -246,11 +246,13 @@ pub struct Progress {
 struct Refusal {
     error: ErrorBody,
     after: Option<(Lsn, u64)>,
+    /// The applied LSN of the state it was decided on (0: it rests on no data).
+    seen: Lsn,
 }
 
 impl From<ErrorBody> for Refusal {
     fn from(error: ErrorBody) -> Refusal {
-        Refusal { error, after: None }
+        Refusal { error, after: None, seen: 0 }
     }
 }
 
@@ -601,9 +603,12 @@ impl Shard {
                 self.wait_applied(lsn, generation).await?;
                 Ok((lsn, count))
             }
-            Err(Refusal { error, after: Some((lsn, generation)) }) => {
+            // A refusal on data carries the LSN of the state it saw: the router's floor then
+            // keeps later reads from showing an older state (a replica that has not yet
+            // applied the delete an update was refused for, say).
+            Err(Refusal { error, after: Some((lsn, generation)), seen }) => {
                 match self.wait_applied(lsn, generation).await {
-                    Ok(()) => Err(error),
+                    Ok(()) => Err(error.at_lsn(lsn.max(seen))),
                     Err(e) => Err(ErrorBody::unavailable(format!(
                         "{} (the change it was refused for did not complete here: {})",
                         error.bare(),
@@ -611,7 +616,7 @@ impl Shard {
                     ))),
                 }
             }
-            Err(Refusal { error, after: None }) => Err(error),
+            Err(Refusal { error, after: None, seen }) => Err(error.at_lsn(seen)),
         }
     }
 
@@ -651,9 +656,11 @@ impl Shard {
         }
         // A refusal on the state the pending changes leave rests on them (see `submit`).
         let generation = st.generation;
+        let seen = st.applied_lsn;
         let rests = |after: Option<Lsn>, error: ErrorBody| Refusal {
             error,
             after: after.map(|lsn| (lsn, generation)),
+            seen,
         };
         match &change {
             Change::Insert(rows) => {

@@ -21,7 +21,7 @@ use crate::wire;
 pub const MAGIC: [u8; 4] = *b"SGP\x01";
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The caller's first frame.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -638,6 +638,11 @@ pub struct ErrorBody {
     pub kind: ErrorKind,
     /// Message for the client, starting with `"<Error> "` as the contract requires.
     pub message: String,
+    /// For a refusal that rests on a shard's data ("does not exist", "already exists", "not
+    /// the one given"): the LSN of the state it was decided on, which the router adds to its
+    /// LSN floor as it does for an answer's LSN, so no later read through it shows an older
+    /// state (a replica behind the change that made the refusal, say). 0 otherwise.
+    pub lsn: Lsn,
 }
 
 /// Prefix of every error message of the contract.
@@ -653,7 +658,13 @@ impl ErrorBody {
         } else {
             format!("{ERROR_PREFIX}{message}")
         };
-        ErrorBody { kind, message }
+        ErrorBody { kind, message, lsn: 0 }
+    }
+
+    /// The same error, decided on the state at `lsn` (see [`ErrorBody::lsn`]).
+    pub fn at_lsn(mut self, lsn: Lsn) -> ErrorBody {
+        self.lsn = lsn;
+        self
     }
 
     /// 400: the request is invalid.
@@ -730,7 +741,7 @@ mod tests {
         let e = ErrorBody::internal("<Error> disk gone");
         assert_eq!(e.message, "<Error> disk gone");
         assert_eq!(e.bare(), "disk gone");
-        let odd = ErrorBody { kind: ErrorKind::Internal, message: "no prefix".into() };
+        let odd = ErrorBody { kind: ErrorKind::Internal, message: "no prefix".into(), lsn: 0 };
         assert_eq!(odd.bare(), "no prefix");
     }
 

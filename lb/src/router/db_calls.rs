@@ -268,6 +268,8 @@ impl Router {
                             return PrimaryOutcome { result: Ok(resp), ambiguous };
                         }
                         Err(NodeError::Call(CallError::Remote(body))) => {
+                            // A refusal on the shard's data raises the floor like an answer.
+                            self.raise_lsn(shard, body.lsn);
                             let named = ErrorBody::new(
                                 body.kind.clone(),
                                 format!("shard {shard}: {}", body.bare()),

@@ -263,7 +263,11 @@ pub fn error_kind() -> impl Strategy<Value = ErrorKind> {
 }
 
 pub fn error_body() -> impl Strategy<Value = ErrorBody> {
-    (error_kind(), ".{0,20}").prop_map(|(kind, message)| ErrorBody { kind, message })
+    (error_kind(), ".{0,20}", any::<u64>()).prop_map(|(kind, message, lsn)| ErrorBody {
+        kind,
+        message,
+        lsn,
+    })
 }
 
 pub fn request_frame() -> impl Strategy<Value = RequestFrame> {
