@@ -62,9 +62,9 @@ async fn init_with_an_unusable_shard_id_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let up = ClusterProc::up(0, dir.path(), &[]);
     let lb = up.http();
-    let mut body: Json = serde_json::from_str(&two_shards(64)).unwrap();
-    body["shards"][1]["Shard_id"] = json!("../../x/pwn");
-    body["servers"]["Server1"] = json!(["sh1", "../../x/pwn"]);
+    // The default layout with shard sh2 renamed: every server names it.
+    let body: Json =
+        serde_json::from_str(&two_shards(64).replace("\"sh2\"", "\"../../x/pwn\"")).unwrap();
     let (status, answer) = http(lb, "POST", "/init", Some(body)).await;
     assert_eq!(status, 400, "{answer}");
     assert_eq!(answer["status"], "failure", "{answer}");
