@@ -18,11 +18,13 @@
 //! - [`error`]: the crate's error type.
 //! - [`server`]: the serving side of a binary door (accept, handshake, pipelined requests).
 //! - [`auth`]: the cluster secret's challenge-response, and the HTTP admin token.
+//! - [`authz`]: the one authorization rule of every door (who may change the cluster).
 //! - [`limits`]: connection caps per listener, row caps per request, the HTTP idle timeout.
 
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod authz;
 pub mod codec;
 pub mod error;
 pub mod handshake;
