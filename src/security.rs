@@ -321,9 +321,9 @@ fn exposure(addr: SocketAddr, door: Door, has_secret: bool, has_token: bool) -> 
     }
     match door {
         Door::Binary if !has_secret => Some(format!(
-            "listening on {addr}, beyond loopback, without a cluster secret: anyone who can \
-             reach this port can configure, promote, write and read; start every process of the \
-             cluster with SHARDGATE_SECRET_FILE=/path/to/secret"
+            "listening on {addr}, beyond loopback, without a cluster secret (--insecure): \
+             anyone who can reach this port can configure, promote, write and read; drop \
+             --insecure to use the cluster secret"
         )),
         Door::Http if !has_token => Some(format!(
             "HTTP listening on {addr}, beyond loopback, without an admin token: anyone who can \
@@ -354,6 +354,13 @@ mod tests {
     }
 
     #[test]
+    fn insecure_is_refused_with_an_admin_token() {
+        assert!(refuse_insecure_with_token(false).is_ok());
+        let e = refuse_insecure_with_token(true).unwrap_err();
+        assert!(e.contains("--insecure") && e.contains("--admin-token"), "{e}");
+    }
+
+    #[test]
     fn the_token_comes_from_the_flag_or_a_file_and_is_never_empty() {
         assert!(AdminTokenArgs::default().token().unwrap().is_none());
         let flag = AdminTokenArgs { admin_token: Some("abc".into()), admin_token_file: None };
@@ -368,5 +375,52 @@ mod tests {
         let missing =
             AdminTokenArgs { admin_token: None, admin_token_file: Some(dir.path().join("no")) };
         assert!(missing.token().unwrap_err().contains("cannot read"));
+    }
+
+    /// The secret file's own tests (in `secret_file.rs` they would run again in every
+    /// end-to-end test binary, which includes that file).
+    mod secret_files {
+        use std::os::unix::fs::PermissionsExt;
+
+        use crate::secret_file::*;
+        #[test]
+        fn a_secret_is_created_once_private_and_then_kept() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("sub").join(SECRET_FILE_NAME);
+            let (first, created) = load_or_create_reporting(&path).unwrap();
+            assert!(created);
+            assert_eq!(first.len(), 2 * SECRET_BYTES);
+            assert!(first.iter().all(u8::is_ascii_hexdigit));
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert!(!readable_by_others(&path));
+            let (again, created) = load_or_create_reporting(&path).unwrap();
+            assert_eq!((again, created), (first.clone(), false));
+            // Nothing but the secret is left in the directory.
+            let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+            assert_eq!(names.len(), 1);
+            // Many at once: one secret for all.
+            let other = dir.path().join("race").join(SECRET_FILE_NAME);
+            let all: Vec<Vec<u8>> = std::thread::scope(|s| {
+                let racers: Vec<_> = (0..8)
+                    .map(|_| s.spawn(|| load_or_create_reporting(&other).unwrap().0))
+                    .collect();
+                racers.into_iter().map(|r| r.join().unwrap()).collect()
+            });
+            assert!(all.windows(2).all(|w| w[0] == w[1]));
+        }
+
+        #[test]
+        fn an_empty_or_missing_secret_is_an_error() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(SECRET_FILE_NAME);
+            assert!(load(&path).unwrap_err().contains("cannot read"));
+            std::fs::write(&path, " \n").unwrap();
+            assert!(load(&path).unwrap_err().contains("is empty"));
+            assert!(load_or_create_reporting(&path).unwrap_err().contains("is empty"));
+            std::fs::write(&path, "  pass phrase\n").unwrap();
+            assert_eq!(load(&path).unwrap(), b"pass phrase");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            assert!(readable_by_others(&path));
+        }
     }
 }

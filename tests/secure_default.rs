@@ -23,34 +23,30 @@ use serde_json::{json, Value as Json};
 /// The environment of a cluster started with its defaults: no secret given.
 const NO_SECRET: &[(&str, &str)] = &[("SHARDGATE_SECRET_FILE", "")];
 
-/// A connection that completed the handshake without any secret; the handshake's error
-/// otherwise.
-async fn unauthenticated(
-    addr: SocketAddr,
-) -> Result<
-    tokio_util::codec::Framed<tokio::net::TcpStream, tokio_util::codec::LengthDelimitedCodec>,
-    String,
-> {
+/// Sends `frame` on a fresh connection that completes the handshake without any secret,
+/// and reads one answer: the handshake's error, or the answer's frame.
+async fn unauthenticated(addr: SocketAddr, frame: Vec<u8>) -> Result<Vec<u8>, String> {
     let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let mut framed = protocol::framed(stream);
     let handshake = protocol::client_handshake_with(&mut framed, "intruder", None);
     match tokio::time::timeout(Duration::from_secs(20), handshake).await {
-        Ok(Ok(_)) => Ok(framed),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("handshake timed out".into()),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("handshake timed out".into()),
     }
-}
-
-/// One request of the data protocol from a caller that proves no secret.
-async fn raw_call(addr: SocketAddr, req: Request) -> Result<Result<Response, ErrorBody>, String> {
-    let mut framed = unauthenticated(addr).await?;
-    let frame = protocol::wire::encode(&RequestFrame { id: 1, body: req }).unwrap();
-    framed.send(frame).await.map_err(|e| e.to_string())?;
+    framed.send(tokio_util::bytes::Bytes::from(frame)).await.map_err(|e| e.to_string())?;
     let reply = tokio::time::timeout(Duration::from_secs(30), framed.next())
         .await
         .map_err(|_| "no answer".to_string())?
         .ok_or("closed")?
         .map_err(|e| e.to_string())?;
+    Ok(reply.to_vec())
+}
+
+/// One request of the data protocol from a caller that proves no secret.
+async fn raw_call(addr: SocketAddr, req: Request) -> Result<Result<Response, ErrorBody>, String> {
+    let frame = protocol::wire::encode(&RequestFrame { id: 1, body: req }).unwrap();
+    let reply = unauthenticated(addr, frame.to_vec()).await?;
     let reply: ResponseFrame = protocol::wire::decode(&reply).map_err(|e| e.to_string())?;
     Ok(reply.body)
 }
@@ -61,14 +57,8 @@ async fn raw_control(
     addr: SocketAddr,
     req: ControlRequest,
 ) -> Result<Result<ControlResponse, ErrorBody>, String> {
-    let mut framed = unauthenticated(addr).await?;
     let frame = protocol::wire::encode(&ControlRequestFrame { id: 7, body: req }).unwrap();
-    framed.send(frame).await.map_err(|e| e.to_string())?;
-    let reply = tokio::time::timeout(Duration::from_secs(30), framed.next())
-        .await
-        .map_err(|_| "no answer".to_string())?
-        .ok_or("closed")?
-        .map_err(|e| e.to_string())?;
+    let reply = unauthenticated(addr, frame.to_vec()).await?;
     let reply: ControlResponseFrame = protocol::wire::decode(&reply).map_err(|e| e.to_string())?;
     Ok(reply.body)
 }
@@ -110,18 +100,21 @@ fn row(key: i64) -> Row {
     Row { key, values: vec![Value::Int(key), Value::Str("forged".into()), Value::Int(0)] }
 }
 
+/// `up` with its defaults (no secret given: the harness gives one otherwise) and `extra`,
+/// data under `dir`, holding sh1 and sh2 on Server0.
+fn up_with_defaults(dir: &Path, extra: &[&str]) -> ClusterProc {
+    let init = common::one_server_two_shards();
+    // A loaded machine must not make the replica look dead while it is configured.
+    let mut args = vec!["--init", &init, "--dead-after-ms", "5000"];
+    args.extend_from_slice(extra);
+    ClusterProc::up_with_env(0, &dir.join("data"), &args, NO_SECRET)
+}
+
 // Finding 1: with its defaults, no binary door of `up` serves a caller without the secret.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_by_default_refuses_callers_without_the_cluster_secret_at_every_binary_door() {
     let dir = tempfile::tempdir().unwrap();
-    let init = common::one_server_two_shards();
-    // Its defaults: no secret given (the harness gives one otherwise).
-    let up = ClusterProc::up_with_env(
-        0,
-        &dir.path().join("data"),
-        &["--init", &init, "--dead-after-ms", "5000"],
-        NO_SECRET,
-    );
+    let up = up_with_defaults(dir.path(), &[]);
     let addr = up.http();
     let rows = json!({"data": [{"Stud_id": 1, "Stud_name": "a", "Stud_marks": 5}]});
     let (s, r) = http(addr, "POST", "/write", Some(rows)).await;
@@ -171,13 +164,7 @@ async fn up_by_default_refuses_callers_without_the_cluster_secret_at_every_binar
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_an_admin_token_the_managers_control_port_refuses_peers_without_credentials() {
     let dir = tempfile::tempdir().unwrap();
-    let init = common::one_server_two_shards();
-    let up = ClusterProc::up_with_env(
-        0,
-        &dir.path().join("data"),
-        &["--init", &init, "--dead-after-ms", "5000", "--admin-token", "tok-manager"],
-        NO_SECRET,
-    );
+    let up = up_with_defaults(dir.path(), &["--admin-token", "tok-manager"]);
     let addr = up.http();
     let before = state(addr).await;
     let manager = up.addr("manager");
@@ -300,23 +287,15 @@ fn a_router_without_a_secret_and_without_insecure_refuses_to_start() {
 async fn insecure_starts_says_what_it_leaves_open_and_is_open() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let up = ClusterProc::start_with_env(
-        &[
-            "up",
-            "--insecure",
-            "--http",
-            "127.0.0.1:0",
-            "--listen",
-            "127.0.0.1:0",
-            "--servers",
-            "1",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        &[("SHARDGATE_SECRET_FILE", ""), ("RUST_LOG", "warn")],
-    );
-    let warnings = up.stderr();
-    assert!(warnings.contains("--insecure") && warnings.contains("WARN"), "{warnings}");
+    let env = [("SHARDGATE_SECRET_FILE", ""), ("RUST_LOG", "warn")];
+    let up = ClusterProc::up_with_env(1, &data, &["--insecure"], &env);
+    // The warning was written before the "listening" line; its reader may lag behind.
+    let warned = common::poll(Duration::from_secs(10), || async {
+        let w = up.stderr();
+        (w.contains("WARN") && w.contains("--insecure") && w.contains("anyone")).then_some(())
+    })
+    .await;
+    assert!(warned.is_some(), "no warning about --insecure: {}", up.stderr());
     assert!(!data.join("cluster.secret").exists(), "--insecure wrote a secret");
     // What it leaves open: a caller without a secret is served.
     let node = node_binary(up.pid(), "Server1").await;
@@ -328,18 +307,7 @@ async fn the_generated_secret_is_private_and_kept_across_restarts() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let args = [
-        "up",
-        "--http",
-        "127.0.0.1:0",
-        "--listen",
-        "127.0.0.1:0",
-        "--servers",
-        "1",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ];
-    let first = ClusterProc::start_with_env(&args, &[("SHARDGATE_SECRET_FILE", "")]);
+    let first = ClusterProc::up_with_env(1, &data, &[], NO_SECRET);
     let file = data.join("cluster.secret");
     let secret = std::fs::read_to_string(&file).unwrap();
     assert_eq!(secret.trim().len(), 64, "{secret:?}");
@@ -348,7 +316,7 @@ async fn the_generated_secret_is_private_and_kept_across_restarts() {
     let (s, r) = http(first.http(), "GET", "/home", None).await;
     assert_eq!(s, 200, "the nodes use the generated secret: {r}");
     drop(first);
-    let second = ClusterProc::start_with_env(&args, &[("SHARDGATE_SECRET_FILE", "")]);
+    let second = ClusterProc::up_with_env(1, &data, &[], NO_SECRET);
     assert_eq!(std::fs::read_to_string(&file).unwrap(), secret, "the secret changed on restart");
     let (s, r) = http(second.http(), "GET", "/home", None).await;
     assert_eq!(s, 200, "{r}");

@@ -98,11 +98,15 @@ impl DockerConfig {
             ));
         }
         if let NodeSecret::File(path) = &self.secret {
-            if !path.is_absolute() || path.parent().is_none_or(|d| d == std::path::Path::new("/")) {
+            let dir = path.parent().unwrap_or(std::path::Path::new("/"));
+            if !path.is_absolute()
+                || dir == std::path::Path::new("/")
+                || dir == std::path::Path::new(NODE_DATA_DIR)
+            {
                 return Err(format!(
                     "the docker spawner mounts the secret's directory into each node: the \
-                     secret file {} must be an absolute path below / (e.g. \
-                     /secret/cluster.secret)",
+                     secret file {} must be an absolute path below / and outside \
+                     {NODE_DATA_DIR} (e.g. /secret/cluster.secret, on a volume of its own)",
                     path.display()
                 ));
             }
@@ -505,6 +509,9 @@ mod tests {
         // A secret file the spawner cannot mount alone.
         let root = DockerConfig { secret: NodeSecret::File("/cluster.secret".into()), ..cfg() };
         assert!(root.validate().unwrap_err().contains("below /"));
+        let data =
+            DockerConfig { secret: NodeSecret::File("/data/cluster.secret".into()), ..cfg() };
+        assert!(data.validate().unwrap_err().contains("outside /data"));
         assert_eq!(spec["HostConfig"]["NetworkMode"], "shardgate_net");
         assert_eq!(
             spec["NetworkingConfig"]["EndpointsConfig"]["shardgate_net"]["Aliases"][0],
