@@ -39,6 +39,11 @@ pub fn secret_file() -> &'static Path {
     })
 }
 
+/// The tests' cluster secret itself (see [`secret_file`]), for a handshake made by hand.
+pub fn secret() -> Vec<u8> {
+    secret_file::load(secret_file()).expect("the tests' cluster secret")
+}
+
 /// `cmd` with the tests' cluster secret, unless its arguments choose otherwise
 /// (`--insecure`, `--secret-file`).
 fn with_secret<'c>(cmd: &'c mut Command, args: &[&str]) -> &'c mut Command {
