@@ -26,7 +26,8 @@ pub struct NodeBench {
     /// Keys per range read.
     #[arg(long, default_value_t = 100)]
     read_span: i64,
-    /// Binary address of a running node to measure instead of starting one.
+    /// Binary address of a running node to measure instead of starting one (its cluster
+    /// secret in SHARDGATE_SECRET_FILE).
     #[arg(long, requires = "http")]
     binary: Option<SocketAddr>,
     /// HTTP address of that running node.
@@ -50,7 +51,11 @@ pub async fn run(b: NodeBench) -> Result<(), String> {
     let tmp;
     let mut child = None;
     let (binary, http) = match (b.binary, b.http) {
-        (Some(bin), Some(http)) => (bin, http),
+        // A running node: its secret comes in SHARDGATE_SECRET_FILE.
+        (Some(bin), Some(http)) => {
+            crate::security::process_secret()?;
+            (bin, http)
+        }
         _ => {
             let dir = match &b.data_dir {
                 Some(d) => d.clone(),
@@ -85,7 +90,12 @@ async fn spawn_node(
     name: &str,
 ) -> Result<(tokio::process::Child, SocketAddr, SocketAddr), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // The node's secret is this process's own, so the benchmark's clients get in.
+    let secret = crate::security::share_secret(dir)?;
     let mut child = tokio::process::Command::new(exe)
+        .env_remove("SHARDGATE_ADMIN_TOKEN")
+        .env_remove("SHARDGATE_ADMIN_TOKEN_FILE")
+        .env("SHARDGATE_SECRET_FILE", &secret)
         .args(["node", "--name", name, "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir)

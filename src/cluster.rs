@@ -13,12 +13,14 @@ use lb::manager::{Manager, ManagerConfig};
 use lb::ring::{RingKind, HASH_HELP};
 use lb::router::{Router, RouterConfig};
 use lb::spawner::{
-    DockerConfig, DockerSpawner, ProcessConfig, ProcessSpawner, Spawner, SpawnerKind,
+    DockerConfig, DockerSpawner, NodeSecret, NodeToken, ProcessConfig, ProcessSpawner, Spawner,
+    SpawnerKind,
 };
+use protocol::auth::AdminToken;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::security::{warn_if_exposed, AdminTokenArgs, Door, LimitArgs};
+use crate::security::{warn_if_exposed, AdminTokenArgs, Door, LimitArgs, Secret, SecretArgs};
 
 /// How long a router waits for the manager's first membership before `up` gives up.
 const FIRST_MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -29,8 +31,9 @@ pub struct ManagerArgs {
     /// Address of the manager's control listener (routers connect here).
     #[arg(long, default_value = "127.0.0.1:5001")]
     pub listen: SocketAddr,
-    /// Data directory; replica NAME keeps its data in DATA_DIR/nodes/NAME.
-    #[arg(long, default_value = "./data")]
+    /// Data directory; replica NAME keeps its data in DATA_DIR/nodes/NAME, and the cluster
+    /// secret is DATA_DIR/cluster.secret unless --secret-file names another.
+    #[arg(long, default_value = crate::security::DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// Replicas to start with, named Server1..ServerN (default 3, or 0 with --init).
     #[arg(long)]
@@ -78,6 +81,11 @@ pub struct ManagerArgs {
     /// never has its predecessor's address.
     #[arg(long, default_value_t = 20000)]
     pub node_port: u16,
+    /// --spawner docker: the named volume that holds the cluster secret file; it is mounted
+    /// read-only into every node container at the file's directory (default
+    /// PROJECT_secret, as docker-compose.yml names it).
+    #[arg(long)]
+    pub docker_secret_volume: Option<String>,
 }
 
 /// Flags of the router (in `up` and `lb`).
@@ -108,8 +116,6 @@ pub struct RouterArgs {
     pub router_threads: Option<usize>,
     #[command(flatten)]
     pub limits: LimitArgs,
-    #[command(flatten)]
-    pub admin: AdminTokenArgs,
 }
 
 /// `shardgate up`.
@@ -119,6 +125,22 @@ pub struct UpArgs {
     pub manager: ManagerArgs,
     #[command(flatten)]
     pub router: RouterArgs,
+    #[command(flatten)]
+    pub admin: AdminTokenArgs,
+    #[command(flatten)]
+    pub secret: SecretArgs,
+}
+
+/// `shardgate manager`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ManagerCmdArgs {
+    #[command(flatten)]
+    pub manager: ManagerArgs,
+    /// The admin token of the routers (the nodes' `/config` then needs it too).
+    #[command(flatten)]
+    pub admin: AdminTokenArgs,
+    #[command(flatten)]
+    pub secret: SecretArgs,
 }
 
 /// `shardgate lb`.
@@ -129,9 +151,31 @@ pub struct LbArgs {
     pub manager: String,
     #[command(flatten)]
     pub router: RouterArgs,
+    #[command(flatten)]
+    pub admin: AdminTokenArgs,
+    #[command(flatten)]
+    pub secret: SecretArgs,
 }
 
-fn spawner(args: &ManagerArgs) -> Result<Arc<dyn Spawner>, String> {
+/// What the nodes a manager starts are given: the cluster secret (or `--insecure`) and the
+/// admin token.
+#[derive(Debug, Clone)]
+struct NodeGuards {
+    secret: NodeSecret,
+    admin_token: Option<NodeToken>,
+}
+
+impl NodeGuards {
+    fn new(secret: &Secret, admin: &AdminTokenArgs) -> Result<NodeGuards, String> {
+        let secret = match secret {
+            Secret::File(p) => NodeSecret::File(p.clone()),
+            Secret::Insecure => NodeSecret::Insecure,
+        };
+        Ok(NodeGuards { secret, admin_token: admin.node_token()? })
+    }
+}
+
+fn spawner(args: &ManagerArgs, guards: &NodeGuards) -> Result<Arc<dyn Spawner>, String> {
     match args.spawner {
         SpawnerKind::Docker => {
             let spawner = DockerSpawner::new(DockerConfig {
@@ -143,6 +187,12 @@ fn spawner(args: &ManagerArgs) -> Result<Arc<dyn Spawner>, String> {
                 first_port: args.node_port,
                 // Nodes log like the manager does.
                 log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                secret: guards.secret.clone(),
+                secret_volume: args
+                    .docker_secret_volume
+                    .clone()
+                    .unwrap_or_else(|| format!("{}_secret", args.docker_project)),
+                admin_token: guards.admin_token.clone(),
             })?;
             Ok(Arc::new(spawner))
         }
@@ -153,12 +203,17 @@ fn spawner(args: &ManagerArgs) -> Result<Arc<dyn Spawner>, String> {
                 exe,
                 data_dir: args.data_dir.clone(),
                 hosts: args.node_host.clone(),
+                secret: guards.secret.clone(),
+                admin_token: guards.admin_token.clone(),
             })))
         }
     }
 }
 
-fn manager_config(args: &ManagerArgs) -> Result<ManagerConfig, String> {
+fn manager_config(
+    args: &ManagerArgs,
+    admin_token: Option<AdminToken>,
+) -> Result<ManagerConfig, String> {
     if args.heartbeat_ms == 0 || args.dead_after_ms == 0 {
         return Err("--heartbeat-ms and --dead-after-ms must be positive".into());
     }
@@ -174,11 +229,16 @@ fn manager_config(args: &ManagerArgs) -> Result<ManagerConfig, String> {
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         dead_after: Duration::from_millis(args.dead_after_ms),
         max_replicas: args.max_replicas,
+        admin_token,
         ..ManagerConfig::default()
     })
 }
 
-fn router_config(manager: String, args: &RouterArgs) -> Result<RouterConfig, String> {
+fn router_config(
+    manager: String,
+    args: &RouterArgs,
+    admin_token: Option<AdminToken>,
+) -> Result<RouterConfig, String> {
     if args.attempts == 0 {
         return Err("--attempts must be at least 1".into());
     }
@@ -193,7 +253,7 @@ fn router_config(manager: String, args: &RouterArgs) -> Result<RouterConfig, Str
         None => {}
     }
     cfg.limits = args.limits.limits()?;
-    cfg.admin_token = args.admin.token()?;
+    cfg.admin_token = admin_token;
     Ok(cfg)
 }
 
@@ -263,11 +323,12 @@ impl RunningManager {
 /// Starts the manager's replicas (unless `shutdown` comes first) and its control listener.
 async fn start_manager(
     args: &ManagerArgs,
+    cfg: ManagerConfig,
+    guards: &NodeGuards,
     listener: TcpListener,
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> Result<Option<RunningManager>, String> {
-    let cfg = manager_config(args)?;
-    let spawner = spawner(args)?;
+    let spawner = spawner(args, guards)?;
     // The catalog and membership persist in the manager's own log under the data dir.
     let log_dir = lb::manager::log_dir(&args.data_dir);
     let manager = tokio::select! {
@@ -389,16 +450,23 @@ pub async fn up(args: UpArgs, shutdown: impl Future<Output = ()>) -> Result<(), 
         }
     }
     let router_args = args.router.clone();
+    // An unreadable token, a missing secret or --insecure with a token fail before any
+    // port is bound or any replica starts.
+    let token = args.admin.token()?;
+    let secret = args.secret.establish(&args.manager.data_dir, true, token.is_some(), "up")?;
+    let guards = NodeGuards::new(&secret, &args.admin)?;
+    let manager_cfg = manager_config(&args.manager, token.clone())?;
     // Bind both first: a port in use fails before any replica starts.
     let control = bind(args.manager.listen, "the shard manager").await?;
     let listeners = RouterListeners::bind(&router_args).await?;
-    // Bad limits or an unreadable token fail before any replica starts.
-    let cfg = router_config(local(&control), &router_args)?;
+    // Bad limits fail before any replica starts.
+    let cfg = router_config(local(&control), &router_args, token)?;
     warn_manager_exposure(&args.manager, &control);
     listeners.warn_if_exposed(cfg.admin_token.is_some());
     let control_addr = local(&control);
-    let Some(manager) = ManagerThread::start(args.manager.clone(), control, &mut shutdown).await?
-    else {
+    let started =
+        ManagerThread::start(args.manager.clone(), manager_cfg, guards, control, &mut shutdown);
+    let Some(manager) = started.await? else {
         return Ok(());
     };
     let addrs = listeners.describe();
@@ -428,6 +496,8 @@ impl ManagerThread {
     /// Starts the manager on its runtime; `None` when `shutdown` came first.
     async fn start(
         args: ManagerArgs,
+        cfg: ManagerConfig,
+        guards: NodeGuards,
         control: TcpListener,
         shutdown: &mut (impl Future<Output = ()> + Unpin),
     ) -> Result<Option<ManagerThread>, String> {
@@ -447,7 +517,8 @@ impl ManagerThread {
             let mut stopped = Box::pin(async move {
                 let _ = stop_rx.await;
             });
-            let Some(running) = start_manager(&args, control, &mut stopped).await? else {
+            let started = start_manager(&args, cfg, &guards, control, &mut stopped);
+            let Some(running) = started.await? else {
                 let _ = ready_tx.send(false);
                 return Ok(());
             };
@@ -481,14 +552,22 @@ impl ManagerThread {
 }
 
 /// `shardgate manager`: the shard manager alone.
-pub async fn manager(args: ManagerArgs, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+pub async fn manager(
+    cmd: ManagerCmdArgs,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
     tokio::pin!(shutdown);
+    let args = cmd.manager;
+    let token = cmd.admin.token()?;
+    let secret = cmd.secret.establish(&args.data_dir, true, token.is_some(), "manager")?;
+    let guards = NodeGuards::new(&secret, &cmd.admin)?;
+    let cfg = manager_config(&args, token)?;
     // Calls to the nodes leave from the manager's own address.
     client::set_source_ip(args.listen.ip());
     let control = bind(args.listen, "the shard manager").await?;
     warn_manager_exposure(&args, &control);
     let addr = local(&control);
-    let Some(running) = start_manager(&args, control, &mut shutdown).await? else {
+    let Some(running) = start_manager(&args, cfg, &guards, control, &mut shutdown).await? else {
         return Ok(());
     };
     let _ = writeln!(
@@ -504,11 +583,13 @@ pub async fn manager(args: ManagerArgs, shutdown: impl Future<Output = ()>) -> R
 /// `shardgate lb`: a router alone, against a running manager.
 pub async fn lb(args: LbArgs, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     tokio::pin!(shutdown);
+    let token = args.admin.token()?;
+    args.secret.find(token.is_some(), "lb")?;
     // Calls to the manager and the nodes leave from the router's own address.
     client::set_source_ip(args.router.http.ip());
     let listeners = RouterListeners::bind(&args.router).await?;
     let addrs = listeners.describe();
-    let cfg = router_config(args.manager.clone(), &args.router)?;
+    let cfg = router_config(args.manager.clone(), &args.router, token)?;
     listeners.warn_if_exposed(cfg.admin_token.is_some());
     let manager = args.manager.clone();
     run_router(cfg, listeners, &mut shutdown, |_| {

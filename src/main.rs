@@ -22,6 +22,7 @@ mod cluster;
 mod proc_tree;
 mod procs;
 mod progress;
+mod secret_file;
 mod security;
 
 #[derive(Parser)]
@@ -48,20 +49,24 @@ enum Command {
         /// Address of the HTTP shim.
         #[arg(long, default_value = "127.0.0.1:8000")]
         http: SocketAddr,
-        /// Directory of the node's shard replicas (default ./data/NAME).
+        /// Directory of the node's shard replicas (default ./data/NAME); run alone without
+        /// --secret-file, the node keeps its cluster secret there (cluster.secret, created
+        /// on first start).
         #[arg(long)]
         data_dir: Option<PathBuf>,
         #[command(flatten)]
         limits: security::LimitArgs,
         #[command(flatten)]
         admin: security::AdminTokenArgs,
+        #[command(flatten)]
+        secret: security::SecretArgs,
     },
     /// Start the balancer: the shard manager and the router in one process, with
     /// --servers replicas named Server1..ServerN. Ctrl-C / SIGTERM stops everything.
     Up(Box<cluster::UpArgs>),
     /// Run the shard manager alone (membership, heartbeats, replicas); routers connect to
-    /// its --listen address.
-    Manager(cluster::ManagerArgs),
+    /// its --listen address, with its cluster secret (DATA_DIR/cluster.secret).
+    Manager(cluster::ManagerCmdArgs),
     /// Run a router alone against a running shard manager (several may share one).
     Lb(cluster::LbArgs),
     /// Analyses of the assignment: `analyze lb` (stage 1: A-1..A-4; alias `stage1`) and
@@ -102,10 +107,6 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    if let Err(e) = load_cluster_secret() {
-        eprintln!("shardgate: {e}");
-        return ExitCode::FAILURE;
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -115,9 +116,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Node { name, listen, http, data_dir, limits, admin } => {
+            Command::Node { name, listen, http, data_dir, limits, admin, secret } => {
                 let data_dir = data_dir.unwrap_or_else(|| PathBuf::from("data").join(&name));
                 let guards = node::Guards { limits: limits.limits()?, admin_token: admin.token()? };
+                // Run alone, a node makes its own secret (its binary door then closed to
+                // anyone without that file); the spawners always give one, or --insecure.
+                let has_token = guards.admin_token.is_some();
+                secret.establish(&data_dir, false, has_token, "node")?;
                 use security::{warn_if_exposed, Door};
                 warn_if_exposed("node binary (--listen)", listen, Door::Binary, false);
                 warn_if_exposed(
@@ -165,22 +170,6 @@ async fn interruptible(
         r = work => r,
         _ = shutdown_signal() => Err("interrupted; every process it started was stopped".into()),
     }
-}
-
-/// The cluster secret from `SHARDGATE_SECRET_FILE` (a file holding it), if set: every
-/// binary-protocol connection of this process then authenticates both ends with it (see
-/// `protocol::auth`). Children (nodes started by `up` or `manager`) inherit the variable.
-fn load_cluster_secret() -> Result<(), String> {
-    let Some(path) = std::env::var_os("SHARDGATE_SECRET_FILE") else { return Ok(()) };
-    let secret = std::fs::read(&path).map_err(|e| {
-        format!("cannot read the cluster secret from {}: {e}", PathBuf::from(&path).display())
-    })?;
-    let secret = secret.trim_ascii();
-    if secret.is_empty() {
-        return Err(format!("the cluster secret file {} is empty", PathBuf::from(&path).display()));
-    }
-    protocol::auth::set_cluster_secret(secret);
-    Ok(())
 }
 
 /// Completes on Ctrl-C or SIGTERM.

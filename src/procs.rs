@@ -87,8 +87,13 @@ impl UpChild {
             .map_err(|e| format!("cannot create a temp dir: {e}"))?;
         let exe = std::env::current_exe()
             .map_err(|e| format!("cannot find the shardgate executable: {e}"))?;
+        // The cluster's secret is this process's own, so its clients get in.
+        let secret = crate::security::share_secret(dir.path())?;
         let mut cmd = Command::new(exe);
-        cmd.args(["up", "--http", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
+        cmd.env_remove("SHARDGATE_ADMIN_TOKEN")
+            .env_remove("SHARDGATE_ADMIN_TOKEN_FILE")
+            .env("SHARDGATE_SECRET_FILE", &secret)
+            .args(["up", "--http", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
             .args(["--servers", &servers.to_string()])
             .arg("--data-dir")
             .arg(dir.path())

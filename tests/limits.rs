@@ -40,14 +40,15 @@ fn assert_error(got: &(u16, Json), status: u16, needle: &str) {
     assert!(msg.starts_with("<Error> ") && msg.contains(needle), "{j}");
 }
 
-/// A binary-protocol connection after its handshake (no cluster secret).
+/// A binary-protocol connection after its handshake (with the tests' cluster secret).
 type Framed = tokio_util::codec::Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>;
 
 /// Connects and shakes hands; the handshake's error as text.
 async fn binary_connect(addr: SocketAddr) -> Result<Framed, String> {
     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let mut framed = protocol::framed(stream);
-    let work = protocol::client_handshake_with(&mut framed, "limits-test", None);
+    let secret = common::secret();
+    let work = protocol::client_handshake_with(&mut framed, "limits-test", Some(&secret));
     match tokio::time::timeout(Duration::from_secs(10), work).await {
         Ok(Ok(_)) => Ok(framed),
         Ok(Err(e)) => Err(e.to_string()),

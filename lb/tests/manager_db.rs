@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use client::Connection;
 use lb::control::{AdminOp, CatalogView, ControlClient, ControlRequest, ControlResponse};
 use lb::manager::{Manager, ManagerConfig};
-use lb::spawner::{ProcessConfig, ProcessSpawner, Spawner};
+use lb::spawner::{NodeSecret, ProcessConfig, ProcessSpawner, Spawner};
 use protocol::{
     CopyReq, ReplicaInfo, ReplicaStatusReq, Request, Response, Role, Row, Value, WriteReq,
 };
@@ -62,6 +62,33 @@ fn quiet_nodes() {
     });
 }
 
+/// The cluster secret of the nodes these tests start and of this process (the manager and
+/// the test's own connections): `<target>/tmp/manager_db.secret`, made once, set as this
+/// process's secret on first use.
+fn cluster_secret() -> PathBuf {
+    static FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("manager_db.secret");
+        let fresh: String = rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect();
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(fresh.as_bytes()));
+        if let Err(e) = created {
+            assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{}: {e}", path.display());
+        }
+        let secret = std::fs::read_to_string(&path).expect("the tests' cluster secret");
+        assert!(!secret.trim().is_empty(), "{} is empty", path.display());
+        protocol::auth::set_cluster_secret(secret.trim().as_bytes());
+        path
+    })
+    .clone()
+}
+
 fn default_config() -> Json {
     json!({"N": 6,
      "schema": {"columns": ["Stud_id", "Stud_name", "Stud_marks"], "dtypes": ["Number", "String", "String"]},
@@ -100,6 +127,8 @@ impl Cluster {
             exe: shardgate_bin(),
             data_dir: dir.path().to_path_buf(),
             hosts: vec!["127.0.0.1".parse().unwrap()],
+            secret: NodeSecret::File(cluster_secret()),
+            admin_token: None,
         }));
         let cfg = ManagerConfig {
             servers: 0,

@@ -99,9 +99,6 @@ pub(crate) async fn serve(
     }
 }
 
-/// Endpoints of the node's HTTP door that need the admin token when one is set.
-const ADMIN_PATHS: &[&str] = &["/config"];
-
 async fn handle(
     node: &Node,
     req: hyper::Request<Incoming>,
@@ -109,11 +106,16 @@ async fn handle(
 ) -> HttpResponse {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let authorized = match admin_token {
-        Some(t) if ADMIN_PATHS.contains(&path.as_str()) => {
-            t.check(req.headers().get(AUTHORIZATION).map(|v| v.as_bytes()), &path)
-        }
-        _ => Ok(()),
+    // `/config` changes the cluster: the one rule of every door (`protocol::authz`).
+    let authorized = if protocol::authz::is_admin_path(&path) {
+        let authorization = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+        protocol::authz::authorize(
+            protocol::authz::Caller::Http { authorization },
+            &path,
+            admin_token,
+        )
+    } else {
+        Ok(())
     };
     let body = req.into_body();
     let too_large = || {

@@ -38,7 +38,9 @@ pub struct NodeConfig {
 }
 
 /// How a node's doors guard themselves: the limits of its flags, and the admin token its HTTP
-/// shim requires for `/config` (none: open, as the contract's clients expect).
+/// shim requires for `/config` (none: open, as the contract's clients expect); with a token,
+/// its binary door takes configuration and replication commands only from sessions
+/// authenticated with the cluster secret (`protocol::authz`).
 #[derive(Clone, Debug, Default)]
 pub struct Guards {
     /// Connection caps, the HTTP idle timeout, row caps.
@@ -121,6 +123,7 @@ impl NodeServer {
         tracker.spawn(crate::binary::serve(
             binary,
             node.clone(),
+            guards.admin_token.clone(),
             binary_limit,
             cancel.clone(),
             tracker.clone(),

@@ -18,6 +18,7 @@
 //! - [`error`]: the crate's error type.
 //! - [`server`]: the serving side of a binary door (accept, handshake, pipelined requests).
 //! - [`auth`]: the cluster secret's challenge-response, and the HTTP admin token.
+//! - [`authz`]: the one authorization rule of every door (who may change the cluster).
 //! - [`limits`]: connection caps per listener, row caps per request, the HTTP idle timeout.
 //! - [`budget`]: the memory an HTTP door holds for bodies and unsent answers.
 //! - [`names`]: the one rule for server names and shard ids (they name directories).
@@ -25,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod authz;
 pub mod budget;
 pub mod codec;
 pub mod error;

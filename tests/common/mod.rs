@@ -20,6 +20,59 @@ pub use proc_tree::{cmdline, descendants, node_pid, node_pids, pid_alive};
 /// Path of the binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_shardgate");
 
+// Creating the cluster secret file: the binary's own code, the same file.
+#[path = "../../src/secret_file.rs"]
+mod secret_file;
+
+/// The cluster secret of every process this test process starts, and of its own Rust
+/// clients: one file for every test process (`<target>/tmp/cluster.secret`, created by the
+/// first that needs it), set as this process's secret on first use. The clusters a test
+/// starts get it through `SHARDGATE_SECRET_FILE`.
+pub fn secret_file() -> &'static Path {
+    static FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cluster.secret");
+        let (secret, _) =
+            secret_file::load_or_create_reporting(&path).expect("the tests' cluster secret");
+        protocol::auth::set_cluster_secret(&secret);
+        path
+    })
+}
+
+/// The tests' cluster secret itself (see [`secret_file`]), for a handshake made by hand.
+pub fn secret() -> Vec<u8> {
+    secret_file::load(secret_file()).expect("the tests' cluster secret")
+}
+
+/// `cmd` with the tests' cluster secret, unless its arguments choose otherwise
+/// (`--insecure`, `--secret-file`).
+fn with_secret<'c>(cmd: &'c mut Command, args: &[&str]) -> &'c mut Command {
+    if args.iter().any(|a| *a == "--insecure" || a.starts_with("--secret-file")) {
+        return cmd.env_remove("SHARDGATE_SECRET_FILE");
+    }
+    cmd.env("SHARDGATE_SECRET_FILE", secret_file())
+}
+
+/// `method path` with `body` and an optional `Authorization` header value, on a fresh
+/// connection: the status and the body as JSON (`Null` when it is not).
+pub async fn http_auth(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    authorization: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let auth = authorization.map_or_else(String::new, |a| format!("Authorization: {a}\r\n"));
+    let raw = format!(
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let r = raw_http::exchange(addr, raw.as_bytes(), Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    (r.status, r.json().unwrap_or(serde_json::Value::Null))
+}
+
 /// A `shardgate node` child process; SIGKILLed on drop if still running.
 pub struct NodeProc {
     child: Child,
@@ -46,7 +99,8 @@ impl NodeProc {
         extra: &[&str],
     ) -> NodeProc {
         let listen = listen.map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
-        let mut child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        let mut child = with_secret(&mut cmd, extra)
             .args(["node", "--name", name, "--listen", &listen, "--http", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir)
@@ -179,6 +233,8 @@ pub struct ClusterProc {
     child: Child,
     /// Fields of its first stdout line (`http=ADDR`, `manager=ADDR`, `control=ADDR`).
     fields: std::collections::HashMap<String, String>,
+    /// What it wrote on stderr so far (also copied to the test's stderr).
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl ClusterProc {
@@ -188,18 +244,46 @@ impl ClusterProc {
     }
 
     /// [`ClusterProc::start`] with `env` added to the process's environment (which the
-    /// nodes it starts inherit).
+    /// nodes it starts inherit); a variable given an empty value is removed instead (e.g.
+    /// `SHARDGATE_SECRET_FILE`, for a test of what happens without it). The tests' cluster
+    /// secret is given unless `args` choose otherwise (see [`secret_file`]).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ClusterProc {
-        let mut child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        with_secret(&mut cmd, args)
             .args(args)
-            .envs(env.iter().copied())
             // SHARDGATE_TEST_LOG=info (or any filter) shows more of what the processes do.
             .env("RUST_LOG", std::env::var("SHARDGATE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env("NO_COLOR", "1");
+        for (k, v) in env {
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn shardgate");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let err_pipe = child.stderr.take().expect("stderr");
+        let kept = stderr.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(err_pipe);
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                eprint!("{line}");
+                let mut k = kept.lock().unwrap_or_else(|e| e.into_inner());
+                // Bounded: the last 1 MiB is plenty for any assertion on it.
+                if k.len() > 1 << 20 {
+                    k.clear();
+                }
+                k.push_str(&line);
+                line.clear();
+            }
+        });
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -213,7 +297,7 @@ impl ClusterProc {
                 sink.clear();
             }
         });
-        let mut guard = ClusterProc { child, fields: Default::default() };
+        let mut guard = ClusterProc { child, fields: Default::default(), stderr };
         let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
         assert!(line.contains(" listening "), "shardgate {args:?} did not start: {line:?}");
         guard.fields = line
@@ -270,6 +354,11 @@ impl ClusterProc {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// What the process wrote on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Waits up to `within` for the process to exit; its exit status, if it did.

@@ -73,6 +73,10 @@ pub struct ManagerConfig {
     /// Most connections at once on the control listener (routers); one more gets a
     /// handshake error.
     pub max_connections: usize,
+    /// The cluster's admin token, if one is set: the control port then takes membership
+    /// and admin changes only from sessions authenticated with the cluster secret (the one
+    /// rule of every door, `protocol::authz`).
+    pub admin_token: Option<protocol::auth::AdminToken>,
 }
 
 impl Default for ManagerConfig {
@@ -83,6 +87,7 @@ impl Default for ManagerConfig {
             dead_after: DEAD_AFTER,
             max_replicas: MAX_REPLICAS,
             max_connections: protocol::limits::DEFAULT_MAX_CONNECTIONS,
+            admin_token: None,
         }
     }
 }

@@ -1,6 +1,11 @@
 //! The manager's door for routers: the control protocol ([`crate::control`]) over the binary
 //! protocol's frames and handshake. Requests on one connection are handled concurrently (a
 //! watch may be held for seconds) and answered in any order.
+//!
+//! With a cluster secret, the handshake admits only peers that prove it; what changes the
+//! cluster (membership, the database admin operations) is then checked against the one
+//! rule of every door (`protocol::authz`) as well, so a process without a secret but with an
+//! admin token takes no such change from an unauthenticated session.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,7 +103,25 @@ async fn connection(
     result
 }
 
+/// Whether a control request changes the cluster (everything but the watches and
+/// `/status`).
+fn changes_cluster(req: &ControlRequest) -> Option<&'static str> {
+    match req {
+        ControlRequest::Watch { .. } | ControlRequest::WatchCatalog { .. } => None,
+        ControlRequest::Add { .. } => Some("add"),
+        ControlRequest::Remove { .. } => Some("rm"),
+        ControlRequest::DbAdmin { op, .. } => {
+            protocol::authz::admin_op_changes(*op).then(|| op.endpoint())
+        }
+    }
+}
+
 async fn handle(m: &Arc<Manager>, req: ControlRequest) -> Result<ControlResponse, ErrorBody> {
+    if let Some(what) = changes_cluster(&req) {
+        let caller = protocol::authz::Caller::Session;
+        protocol::authz::authorize(caller, what, m.cfg.admin_token.as_ref())
+            .map_err(|r| r.error)?;
+    }
     let members = match req {
         ControlRequest::Watch { generation, version, wait_ms } => {
             m.watch(generation, version, Duration::from_millis(wait_ms)).await

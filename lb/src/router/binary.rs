@@ -110,20 +110,18 @@ async fn answer(router: &Router, req: Request) -> Result<Response, ErrorBody> {
     }
 }
 
-/// Whether an admin request may be served on this door. The binary door authenticates with
-/// the cluster secret only (its requests carry no token); so when the HTTP admin endpoints
-/// need a token and the process has no secret, the binary door refuses the admin
-/// operations that change something, instead of being the way around the token.
+/// Whether an admin request may be served on this door: the one rule of every door
+/// (`protocol::authz`). The binary door's requests carry no token, only the session's
+/// authentication with the cluster secret; so when the HTTP admin endpoints need a token
+/// and the process has no secret, the admin operations that change something are refused
+/// here instead of being the way around the token.
 fn admin_allowed(router: &Router, op: protocol::AdminOp) -> Result<(), ErrorBody> {
-    let changes = !matches!(op, protocol::AdminOp::Status);
-    if changes && router.cfg.admin_token.is_some() && !protocol::auth::has_cluster_secret() {
-        return Err(ErrorBody::unauthorized(format!(
-            "{op:?} is an admin operation: with --admin-token set, the binary door takes admin \
-             operations only from peers that prove the cluster secret (SHARDGATE_SECRET_FILE), \
-             and this router has none; use the HTTP endpoint with the token"
-        )));
+    if !protocol::authz::admin_op_changes(op) {
+        return Ok(());
     }
-    Ok(())
+    let caller = protocol::authz::Caller::Session;
+    protocol::authz::authorize(caller, op.endpoint(), router.cfg.admin_token.as_ref())
+        .map_err(|r| r.error)
 }
 
 /// Every row fits the schema (what parsing JSON checks on the HTTP door), naming the first

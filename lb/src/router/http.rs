@@ -39,10 +39,6 @@ pub(super) type HttpResponse = hyper::Response<protocol::budget::Answer>;
 /// Prefix of `GET /read/<server_name>`.
 const READ_SERVER_PREFIX: &str = "/read/";
 
-/// Endpoints that need the admin token when one is set: the balancer's admin endpoints, and
-/// a node's `/config` (which would otherwise be forwarded to a replica).
-const ADMIN_PATHS: &[&str] = &["/init", "/add", "/rm", "/primary_elect", "/config"];
-
 /// Serves HTTP on `listener` until `shutdown` completes, then lets requests in progress
 /// finish (up to a grace period).
 ///
@@ -216,9 +212,14 @@ async fn route(
     peer: SocketAddr,
 ) -> (HttpResponse, Option<&'static str>) {
     let method = &parts.method;
-    if let Some(token) = router.cfg.admin_token.as_ref().filter(|_| ADMIN_PATHS.contains(&path)) {
-        let header = parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes());
-        if let Err(refusal) = token.check(header, path) {
+    // The balancer's admin endpoints, and a node's `/config` (which would otherwise be
+    // forwarded to a replica), change the cluster: the one rule of every door.
+    if protocol::authz::is_admin_path(path) {
+        let authorization = parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes());
+        let caller = protocol::authz::Caller::Http { authorization };
+        if let Err(refusal) =
+            protocol::authz::authorize(caller, path, router.cfg.admin_token.as_ref())
+        {
             let mut resp = error_response(&refusal.error);
             resp.headers_mut()
                 .insert(WWW_AUTHENTICATE, HeaderValue::from_static(refusal.challenge));

@@ -5,6 +5,11 @@
 //! - Node `NAME` is container `PREFIX` + `NAME` (the prefix is empty unless several
 //!   deployments share one engine), with network alias `NAME`, running `shardgate node --name
 //!   NAME --listen 0.0.0.0:BINARY --http 0.0.0.0:HTTP --data-dir /data`.
+//! - The cluster secret is a file on the named volume [`DockerConfig::secret_volume`] (the
+//!   manager's own, where it created the secret), mounted read-only into every node
+//!   container at the file's directory and named by `SHARDGATE_SECRET_FILE`; the admin
+//!   token, when set, is `SHARDGATE_ADMIN_TOKEN` in the container's environment. A cluster
+//!   without a secret runs its nodes `--insecure`.
 //! - Its data is the named volume `PROJECT_node_NAME` mounted at `/data`, so a container
 //!   started again under the same name (a replacement, or the next `up`) finds its WAL; only
 //!   [`Spawner::remove`] (the `/rm` of a server) deletes it.
@@ -36,7 +41,7 @@ use serde_json::{json, Value as Json};
 use tokio::time::Instant;
 
 use super::engine::Engine;
-use super::{SpawnError, Spawned, Spawner, NODE_START_TIMEOUT, STOP_GRACE};
+use super::{NodeSecret, NodeToken, SpawnError, Spawned, Spawner, NODE_START_TIMEOUT, STOP_GRACE};
 
 /// Label naming the deployment (project) a container or volume belongs to.
 pub const LABEL_PROJECT: &str = "io.shardgate.project";
@@ -71,6 +76,13 @@ pub struct DockerConfig {
     pub first_port: u16,
     /// `RUST_LOG` of the nodes.
     pub log_filter: String,
+    /// The nodes' cluster secret: a file's path inside the containers (on
+    /// [`DockerConfig::secret_volume`]), or none (`--insecure`).
+    pub secret: NodeSecret,
+    /// The named volume holding the secret file, mounted read-only at its directory.
+    pub secret_volume: String,
+    /// The admin token every node's `/config` requires, if one is set.
+    pub admin_token: Option<NodeToken>,
 }
 
 impl DockerConfig {
@@ -84,6 +96,26 @@ impl DockerConfig {
                 "docker project {:?} is not a valid name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)",
                 self.project
             ));
+        }
+        if let NodeSecret::File(path) = &self.secret {
+            let dir = path.parent().unwrap_or(std::path::Path::new("/"));
+            if !path.is_absolute()
+                || dir == std::path::Path::new("/")
+                || dir == std::path::Path::new(NODE_DATA_DIR)
+            {
+                return Err(format!(
+                    "the docker spawner mounts the secret's directory into each node: the \
+                     secret file {} must be an absolute path below / and outside \
+                     {NODE_DATA_DIR} (e.g. /secret/cluster.secret, on a volume of its own)",
+                    path.display()
+                ));
+            }
+            if !valid_name(&self.secret_volume) {
+                return Err(format!(
+                    "docker secret volume {:?} is not a valid name",
+                    self.secret_volume
+                ));
+            }
         }
         if !self.prefix.is_empty() && !valid_name(&self.prefix) {
             return Err(format!("docker container prefix {:?} is not a valid name", self.prefix));
@@ -164,26 +196,51 @@ impl DockerSpawner {
     /// The engine's create body of node `name`'s container, listening on `(http, binary)`.
     fn container_spec(&self, name: &str, (http, binary): (u16, u16)) -> Json {
         let c = &self.cfg;
+        let mut cmd = vec![
+            "node".to_string(),
+            "--name".into(),
+            name.into(),
+            "--listen".into(),
+            format!("0.0.0.0:{binary}"),
+            "--http".into(),
+            format!("0.0.0.0:{http}"),
+            "--data-dir".into(),
+            NODE_DATA_DIR.into(),
+        ];
+        // Container logs are read as files: no colour codes in them.
+        let mut env = vec![format!("RUST_LOG={}", c.log_filter), "NO_COLOR=1".to_string()];
+        let mut mounts = vec![json!({
+            "Type": "volume",
+            "Source": self.volume_name(name),
+            "Target": NODE_DATA_DIR,
+        })];
+        match &c.secret {
+            NodeSecret::File(path) => {
+                env.push(format!("SHARDGATE_SECRET_FILE={}", path.display()));
+                if let Some(dir) = path.parent() {
+                    mounts.push(json!({
+                        "Type": "volume",
+                        "Source": c.secret_volume,
+                        "Target": dir.display().to_string(),
+                        "ReadOnly": true,
+                    }));
+                }
+            }
+            NodeSecret::Insecure => cmd.push("--insecure".into()),
+        }
+        if let Some(NodeToken(token)) = &c.admin_token {
+            env.push(format!("SHARDGATE_ADMIN_TOKEN={token}"));
+        }
         json!({
             "Image": c.image,
-            "Cmd": [
-                "node", "--name", name,
-                "--listen", format!("0.0.0.0:{binary}"),
-                "--http", format!("0.0.0.0:{http}"),
-                "--data-dir", NODE_DATA_DIR,
-            ],
-            // Container logs are read as files: no colour codes in them.
-            "Env": [format!("RUST_LOG={}", c.log_filter), "NO_COLOR=1"],
+            "Cmd": cmd,
+            "Env": env,
             "Labels": self.labels(name),
             "ExposedPorts": { format!("{http}/tcp"): {}, format!("{binary}/tcp"): {} },
             "StopTimeout": STOP_GRACE.as_secs().max(1),
             "HostConfig": {
                 "NetworkMode": c.network,
-                "Mounts": [{
-                    "Type": "volume",
-                    "Source": self.volume_name(name),
-                    "Target": NODE_DATA_DIR,
-                }],
+                "Mounts": mounts,
                 "RestartPolicy": { "Name": "no" },
                 "LogConfig": {
                     "Type": "json-file",
@@ -400,6 +457,9 @@ mod tests {
             prefix: String::new(),
             first_port: 20000,
             log_filter: "info".into(),
+            secret: NodeSecret::File("/secret/cluster.secret".into()),
+            secret_volume: "shardgate_secret".into(),
+            admin_token: Some(NodeToken("tok".into())),
         }
     }
 
@@ -428,6 +488,30 @@ mod tests {
             ]
         );
         assert_eq!(spec["HostConfig"]["Mounts"][0]["Source"], "shardgate_node_Server1");
+        // The secret's volume, read-only at the file's directory, and the admin token.
+        let secret = &spec["HostConfig"]["Mounts"][1];
+        assert_eq!(secret["Source"], "shardgate_secret");
+        assert_eq!((&secret["Target"], &secret["ReadOnly"]), (&json!("/secret"), &json!(true)));
+        let env: Vec<&str> =
+            spec["Env"].as_array().unwrap().iter().flat_map(|v| v.as_str()).collect();
+        assert!(env.contains(&"SHARDGATE_SECRET_FILE=/secret/cluster.secret"), "{env:?}");
+        assert!(env.contains(&"SHARDGATE_ADMIN_TOKEN=tok"), "{env:?}");
+        // Without a secret: --insecure, and no secret volume.
+        let open = DockerSpawner::new(DockerConfig {
+            secret: NodeSecret::Insecure,
+            admin_token: None,
+            ..cfg()
+        })
+        .unwrap();
+        let spec = open.container_spec("Server1", (20000, 20001));
+        assert_eq!(spec["Cmd"].as_array().unwrap().last().unwrap(), "--insecure");
+        assert_eq!(spec["HostConfig"]["Mounts"].as_array().unwrap().len(), 1);
+        // A secret file the spawner cannot mount alone.
+        let root = DockerConfig { secret: NodeSecret::File("/cluster.secret".into()), ..cfg() };
+        assert!(root.validate().unwrap_err().contains("below /"));
+        let data =
+            DockerConfig { secret: NodeSecret::File("/data/cluster.secret".into()), ..cfg() };
+        assert!(data.validate().unwrap_err().contains("outside /data"));
         assert_eq!(spec["HostConfig"]["NetworkMode"], "shardgate_net");
         assert_eq!(
             spec["NetworkingConfig"]["EndpointsConfig"]["shardgate_net"]["Aliases"][0],

@@ -13,6 +13,7 @@ mod process;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use futures::future::BoxFuture;
@@ -20,6 +21,35 @@ use futures::future::BoxFuture;
 pub use docker::{DockerConfig, DockerSpawner, LABEL_PROJECT, LABEL_SERVER, NODE_DATA_DIR};
 pub use engine::Engine;
 pub use process::{ProcessConfig, ProcessSpawner, NODE_START_TIMEOUT, STOP_GRACE};
+
+/// How the nodes a spawner starts authenticate their binary doors: with the cluster's
+/// secret (every process of the cluster the same), or not at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeSecret {
+    /// The cluster secret file, given to each node as `SHARDGATE_SECRET_FILE` (for docker, a
+    /// path inside the containers, on the secret's volume).
+    File(PathBuf),
+    /// None: nodes run `--insecure` (their binary doors serve anyone).
+    Insecure,
+}
+
+/// The admin token handed to the nodes a spawner starts (in their environment as
+/// `SHARDGATE_ADMIN_TOKEN`, never on a command line), so that their `/config` needs it too.
+/// `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NodeToken(pub String);
+
+impl fmt::Debug for NodeToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NodeToken(<redacted>)")
+    }
+}
+
+/// Variables of the parent's environment a node must not inherit: the spawner sets what
+/// the node needs explicitly (a `SHARDGATE_ADMIN_TOKEN_FILE` inherited beside a
+/// `SHARDGATE_ADMIN_TOKEN` would be refused as two tokens).
+pub const NODE_ENV_CLEARED: &[&str] =
+    &["SHARDGATE_SECRET_FILE", "SHARDGATE_ADMIN_TOKEN", "SHARDGATE_ADMIN_TOKEN_FILE"];
 
 /// Where a freshly started node listens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,9 @@
 //! The `process` spawner: `shardgate node` children on loopback.
 //!
 //! A child is started as `<exe> node --name NAME --listen HOST:0 --http HOST:0 --data-dir
-//! <data-dir>/nodes/NAME`, and the spawner waits for the one stdout line a node prints once
+//! <data-dir>/nodes/NAME` (with `--insecure` when the cluster has no secret), its
+//! environment holding the cluster secret's file (`SHARDGATE_SECRET_FILE`) and the admin
+//! token (`SHARDGATE_ADMIN_TOKEN`) when there is one, and the spawner waits for the one stdout line a node prints once
 //! it listens (`shardgate node NAME listening binary=ADDR http=ADDR`) to learn its ports.
 //!
 //! No orphans, whatever happens to the manager:
@@ -24,7 +26,7 @@ use futures::future::BoxFuture;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::{SpawnError, Spawned, Spawner};
+use super::{NodeSecret, NodeToken, SpawnError, Spawned, Spawner, NODE_ENV_CLEARED};
 
 /// How long a node may take from exec to its "listening" line.
 pub const NODE_START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -43,6 +45,10 @@ pub struct ProcessConfig {
     /// studying faults) can cut one replica off from the others with iptables rules on its
     /// address. Empty means 127.0.0.1.
     pub hosts: Vec<IpAddr>,
+    /// The cluster secret every node uses, or none (`--insecure`).
+    pub secret: NodeSecret,
+    /// The admin token every node's `/config` requires, if one is set.
+    pub admin_token: Option<NodeToken>,
 }
 
 /// Starts nodes as child processes; see the module doc.
@@ -95,8 +101,18 @@ impl ProcessSpawner {
         let bind = SocketAddr::new(self.host_for(name), 0).to_string();
         let mut cmd = Command::new(&self.cfg.exe);
         cmd.args(["node", "--name", name, "--listen", &bind, "--http", &bind, "--data-dir"])
-            .arg(&dir)
-            .stdin(Stdio::null())
+            .arg(&dir);
+        for var in NODE_ENV_CLEARED {
+            cmd.env_remove(var);
+        }
+        match &self.cfg.secret {
+            NodeSecret::File(path) => cmd.env("SHARDGATE_SECRET_FILE", path),
+            NodeSecret::Insecure => cmd.arg("--insecure"),
+        };
+        if let Some(NodeToken(token)) = &self.cfg.admin_token {
+            cmd.env("SHARDGATE_ADMIN_TOKEN", token);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
