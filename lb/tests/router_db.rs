@@ -399,14 +399,9 @@ async fn two_routers_on_one_manager() {
     assert_eq!(a.req("POST", "/read", Some(q)).await.1["data"].as_array().unwrap().len(), 50);
 }
 
-/// A router that has just started knows no LSN floor: its first read of a shard goes
-/// through the primary, so it sees every write acknowledged before it started (by another
-/// router here; by itself before a restart of `up` in `tests/fault_mix.rs`, which found it:
-/// a replica that was behind answered the first read after the restart). S3 is made to lag
-/// for good: sh1's primary replicates to S0 and S2 only, while the catalog still lists S3.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_router_reads_every_write_acknowledged_before_it_started() {
-    let c = Cluster::start().await;
+/// sh1 moves to epoch 2 with S0 as its primary and S0 and S2 as its only voters: S3 keeps
+/// serving reads of sh1 (the catalog still lists it) with what it had, and gets no more.
+async fn cut_s3_off_sh1(c: &Cluster) {
     for n in ["S0", "S2"] {
         let adopted = c.node(n).call(Request::Adopt(AdoptReq { shard: "sh1".into(), epoch: 2 }));
         assert!(matches!(adopted.await, Response::Adopted { .. }));
@@ -421,6 +416,17 @@ async fn a_new_router_reads_every_write_acknowledged_before_it_started() {
     assert!(matches!(promoted.await, Response::Replica(_)));
     let follow = FollowReq { shard: "sh1".into(), epoch: 2, primary: c.node("S0").replica() };
     assert!(matches!(c.node("S2").call(Request::Follow(follow)).await, Response::Replica(_)));
+}
+
+/// A router that has just started knows no LSN floor: its first read of a shard goes
+/// through the primary, so it sees every write acknowledged before it started (by another
+/// router here; by itself before a restart of `up` in `tests/fault_mix.rs`, which found it:
+/// a replica that was behind answered the first read after the restart). S3 is made to lag
+/// for good: sh1's primary replicates to S0 and S2 only, while the catalog still lists S3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_router_reads_every_write_acknowledged_before_it_started() {
+    let c = Cluster::start().await;
+    cut_s3_off_sh1(&c).await;
     let mut a = c.http().await;
     for i in 0..24i64 {
         let id = i * 97;
@@ -452,20 +458,7 @@ async fn a_refusal_on_data_keeps_later_reads_from_going_back() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // sh1's primary stops replicating to S3 (epoch 2, voters S0 and S2).
-    for n in ["S0", "S2"] {
-        let adopted = c.node(n).call(Request::Adopt(AdoptReq { shard: "sh1".into(), epoch: 2 }));
-        assert!(matches!(adopted.await, Response::Adopted { .. }));
-    }
-    let promoted = c.node("S0").call(Request::Promote(PromoteReq {
-        shard: "sh1".into(),
-        epoch: 2,
-        voters: vec![c.node("S0").replica(), c.node("S2").replica()],
-        learners: vec![],
-        quorum: Quorum::Majority,
-    }));
-    assert!(matches!(promoted.await, Response::Replica(_)));
-    let follow = FollowReq { shard: "sh1".into(), epoch: 2, primary: c.node("S0").replica() };
-    assert!(matches!(c.node("S2").call(Request::Follow(follow)).await, Response::Replica(_)));
+    cut_s3_off_sh1(&c).await;
     // Another router deletes the row; router A never sees that answer.
     let (_b, b_http, _b_binary, stop) = start_router(&c.fake, |_| {}).await;
     let mut b = Http::connect(b_http).await;
