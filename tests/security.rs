@@ -408,14 +408,24 @@ async fn rows_of_sh1(addr: SocketAddr, secret: Option<&[u8]>) -> Vec<Row> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_that_alters_a_frame_gets_the_connection_closed_and_nothing_applied() {
+/// The secret of the relay tests' node.
+const RELAY_SECRET: &[u8] = b"relay-test-secret";
+
+/// A node with [`RELAY_SECRET`] and shard sh1: its directory, its guard, its binary address.
+async fn configured_node() -> (tempfile::TempDir, Node, SocketAddr) {
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("cluster.secret");
-    std::fs::write(&secret_file, "relay-test-secret\n").unwrap();
-    let (_node, node) = start_node(dir.path(), &secret_file);
-    let secret = Some(&b"relay-test-secret"[..]);
-    assert!(matches!(call(node, secret, config()).await, Ok(Ok(Response::Configured { .. }))));
+    std::fs::write(&secret_file, [RELAY_SECRET, b"\n"].concat()).unwrap();
+    let (guard, node) = start_node(dir.path(), &secret_file);
+    let configured = call(node, Some(RELAY_SECRET), config()).await;
+    assert!(matches!(configured, Ok(Ok(Response::Configured { .. }))), "{configured:?}");
+    (dir, guard, node)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_alters_a_frame_gets_the_connection_closed_and_nothing_applied() {
+    let (_dir, _node, node) = configured_node().await;
+    let secret = Some(RELAY_SECRET);
 
     // Frames of the caller: 0 the hello, 1 the proof, 2 the write.
     let (relayed, _) = relay(node, Relay::Alter(2)).await;
@@ -436,12 +446,8 @@ async fn a_relay_that_alters_a_frame_gets_the_connection_closed_and_nothing_appl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_that_only_reads_sees_no_row() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret_file = dir.path().join("cluster.secret");
-    std::fs::write(&secret_file, "relay-test-secret\n").unwrap();
-    let (_node, node) = start_node(dir.path(), &secret_file);
-    let secret = Some(&b"relay-test-secret"[..]);
-    assert!(matches!(call(node, secret, config()).await, Ok(Ok(Response::Configured { .. }))));
+    let (_dir, _node, node) = configured_node().await;
+    let secret = Some(RELAY_SECRET);
 
     let (relayed, seen) = relay(node, Relay::Observe).await;
     let stream = tokio::net::TcpStream::connect(relayed).await.unwrap();
