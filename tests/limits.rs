@@ -41,7 +41,7 @@ fn assert_error(got: &(u16, Json), status: u16, needle: &str) {
 }
 
 /// A binary-protocol connection after its handshake (with the tests' cluster secret).
-type Framed = tokio_util::codec::Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>;
+type Framed = protocol::Framed<TcpStream>;
 
 /// Connects and shakes hands; the handshake's error as text.
 async fn binary_connect(addr: SocketAddr) -> Result<Framed, String> {

@@ -15,7 +15,7 @@ use protocol::{Request, RequestFrame, Response, MAX_FRAME_LEN};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
-use tokio_util::codec::{Framed, FramedParts, LengthDelimitedCodec};
+use tokio_util::codec::{Framed, FramedParts};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -115,7 +115,7 @@ impl Connection {
 
     /// Splits the handshaken socket between a writer and a reader task.
     fn start(
-        framed: Framed<TcpStream, LengthDelimitedCodec>,
+        framed: protocol::Framed<TcpStream>,
         server_name: String,
         peer_addr: SocketAddr,
         local_addr: SocketAddr,
@@ -123,9 +123,11 @@ impl Connection {
     ) -> Connection {
         let parts = framed.into_parts();
         let (read_half, write_half) = parts.io.into_split();
+        // Each half takes its direction of the session (key and frame counter).
+        let (send_codec, recv_codec) = parts.codec.split();
         // Carry over whatever the handshake read past the server's reply, so an answer that
         // came in the same packet is not lost.
-        let mut read_parts = FramedParts::new::<Bytes>(read_half, parts.codec);
+        let mut read_parts = FramedParts::new::<Bytes>(read_half, recv_codec);
         read_parts.read_buf = parts.read_buf;
         let stream = Framed::from_parts(read_parts);
 
@@ -134,6 +136,7 @@ impl Connection {
         let shutdown = CancellationToken::new();
         tokio::spawn(writer::run(
             write_half,
+            send_codec,
             queue_rx,
             pending.clone(),
             shutdown.clone(),

@@ -1,14 +1,15 @@
 //! The one task that reads a connection's answers and completes the waiting calls.
 //!
 //! It holds a `Framed` over the read half only (never used as a sink) because that is the
-//! one codec wrapper that can take over the bytes the handshake already buffered.
+//! one codec wrapper that can take over the bytes the handshake already buffered; its codec
+//! is the receiving half of the connection's (it opens sealed answers, and a frame that does
+//! not open ends the connection).
 
 use std::sync::Arc;
 
 use futures::StreamExt;
 use protocol::ResponseFrame;
 use tokio::net::tcp::OwnedReadHalf;
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -18,7 +19,7 @@ use crate::pending::{Delivery, Pending};
 /// waiting calls and tells the writer to stop. A bad frame ends the connection because after
 /// one we can no longer trust which answer belongs to which call.
 pub(crate) async fn run(
-    mut stream: Framed<OwnedReadHalf, LengthDelimitedCodec>,
+    mut stream: protocol::Framed<OwnedReadHalf>,
     pending: Arc<Pending>,
     shutdown: CancellationToken,
     server: String,
@@ -38,7 +39,7 @@ pub(crate) async fn run(
 }
 
 async fn read_answers(
-    stream: &mut Framed<OwnedReadHalf, LengthDelimitedCodec>,
+    stream: &mut protocol::Framed<OwnedReadHalf>,
     pending: &Pending,
     server: &str,
 ) -> protocol::Result<()> {

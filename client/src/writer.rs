@@ -9,9 +9,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::SinkExt;
+use protocol::FrameCodec;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
-use tokio_util::codec::{FramedWrite, LengthDelimitedCodec};
+use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -21,17 +22,19 @@ use crate::pending::Pending;
 /// of small requests goes out in one write.
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
-/// Writes queued frames until every sender is gone, the socket fails, or `shutdown` fires;
+/// Writes queued frames with `codec` (the sending half of the connection's codec: it seals
+/// them when the session has keys) until every sender is gone, the socket fails, or `shutdown` fires;
 /// then fails the waiting calls, tells the reader to stop, and closes the write half
 /// (the peer sees end of stream).
 pub(crate) async fn run(
     half: OwnedWriteHalf,
+    codec: FrameCodec,
     mut queue: mpsc::Receiver<Bytes>,
     pending: Arc<Pending>,
     shutdown: CancellationToken,
     server: String,
 ) {
-    let mut sink = FramedWrite::new(half, protocol::frame_codec(protocol::MAX_FRAME_LEN));
+    let mut sink = FramedWrite::new(half, codec);
     sink.set_backpressure_boundary(WRITE_BUFFER_BYTES);
     let outcome = tokio::select! {
         // A peer that stops reading would block a flush forever; shutdown must still win.
@@ -47,7 +50,7 @@ pub(crate) async fn run(
 }
 
 async fn write_batches(
-    sink: &mut FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    sink: &mut FramedWrite<OwnedWriteHalf, FrameCodec>,
     queue: &mut mpsc::Receiver<Bytes>,
 ) -> protocol::Result<()> {
     loop {

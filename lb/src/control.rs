@@ -18,7 +18,6 @@ use protocol::ErrorBody;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 /// Limit on opening a control connection (TCP connect and handshake, each).
 pub const CONTROL_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -178,7 +177,7 @@ pub struct ControlResponseFrame {
     pub body: Result<ControlResponse, ErrorBody>,
 }
 
-type Conn = Framed<TcpStream, LengthDelimitedCodec>;
+type Conn = protocol::Framed<TcpStream>;
 
 /// A client of the manager's control protocol: one connection, one request at a time (admin
 /// operations are rare and the manager serializes them anyway; a router uses a second client

@@ -235,8 +235,7 @@ async fn a_router_follows_the_manager_over_the_control_protocol() {
 }
 
 /// The connection type of the binary protocol.
-type Framed =
-    tokio_util::codec::Framed<tokio::net::TcpStream, tokio_util::codec::LengthDelimitedCodec>;
+type Framed = protocol::Framed<tokio::net::TcpStream>;
 
 /// A handshake with the manager's control door as a router makes it: the error, if any.
 async fn control_handshake(addr: SocketAddr) -> Result<Framed, String> {

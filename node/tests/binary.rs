@@ -137,13 +137,10 @@ fn assert_remote(got: Result<Response, CallError>, kind: ErrorKind, needles: &[&
 
 /// A hand-made connection after a proper handshake, with a codec that accepts frames up to
 /// `max_frame_len` (so it can send what the node must refuse).
-async fn raw_connection(
-    server: &NodeServer,
-    max_frame_len: usize,
-) -> Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec> {
+async fn raw_connection(server: &NodeServer, max_frame_len: usize) -> protocol::Framed<TcpStream> {
     let stream = TcpStream::connect(server.binary_addr()).await.unwrap();
     stream.set_nodelay(true).unwrap();
-    let mut framed = Framed::new(stream, protocol::frame_codec(max_frame_len));
+    let mut framed = Framed::new(stream, protocol::FrameCodec::new(max_frame_len));
     let name = tokio::time::timeout(DEADLINE, protocol::client_handshake(&mut framed, "raw"))
         .await
         .expect("handshake timed out")

@@ -12,6 +12,11 @@
 //! server  -> HelloReply::Ok { version, name }
 //! ```
 //!
+//! Both sides then derive the session's keys from the secret and the two nonces
+//! ([`session_keys`]), one per direction, and every later frame is sealed with them (see
+//! [`crate::codec`]): the handshake proves who is at the other end, the keys make sure every
+//! frame after it comes from there, unchanged, unread by anyone on the way, and in order.
+//!
 //! The secret is per process ([`set_cluster_secret`], done once at start from a file or the
 //! environment). A server with a secret refuses callers that cannot prove it; a caller with a
 //! secret refuses a server that does not prove it. Without a secret on either side the
@@ -44,6 +49,39 @@ pub fn has_cluster_secret() -> bool {
 
 pub(crate) fn secret() -> Option<&'static [u8]> {
     SECRET.get().map(Vec::as_slice)
+}
+
+/// The keys of one authenticated connection, one per direction.
+pub struct SessionKeys {
+    /// Seals the caller's frames (requests).
+    pub caller_to_server: [u8; crate::codec::SESSION_KEY_LEN],
+    /// Seals the server's frames (answers).
+    pub server_to_caller: [u8; crate::codec::SESSION_KEY_LEN],
+}
+
+/// The session keys of the connection whose handshake used the caller nonce `caller` and the
+/// server nonce `server`: HKDF-SHA256 (RFC 5869) with the cluster secret as input key
+/// material, both nonces as salt, and a label per direction as info. Fresh nonces on both
+/// sides make fresh keys for every connection, so frames of one cannot be replayed into
+/// another, even one between the same two processes.
+pub fn session_keys(secret: &[u8], caller: &[u8], server: &[u8]) -> SessionKeys {
+    let mut salt = [0u8; 2 * NONCE_LEN];
+    let (c, s) = salt.split_at_mut(NONCE_LEN);
+    c.copy_from_slice(&caller[..NONCE_LEN.min(caller.len())]);
+    s.copy_from_slice(&server[..NONCE_LEN.min(server.len())]);
+    let hk = hkdf::Hkdf::<Sha256>::new(Some(&salt), secret);
+    let key = |label: &[u8]| {
+        let mut k = [0u8; crate::codec::SESSION_KEY_LEN];
+        // 32 bytes are far below HKDF-SHA256's limit of 255 * 32; `expand` cannot fail.
+        if hk.expand(label, &mut k).is_err() {
+            unreachable!("HKDF-SHA256 gives up to 8160 bytes");
+        }
+        k
+    };
+    SessionKeys {
+        caller_to_server: key(b"shardgate-session-v1 caller->server"),
+        server_to_caller: key(b"shardgate-session-v1 server->caller"),
+    }
 }
 
 /// The caller's answer to a challenge.
@@ -191,6 +229,18 @@ mod tests {
         assert!(verify_caller(b"k1", &s, &c, &q));
         assert!(!verify_caller(b"k1", &s, &c, &p), "a server proof is not a caller proof");
         assert_ne!(nonce(), nonce());
+    }
+
+    #[test]
+    fn session_keys_differ_per_direction_and_per_connection() {
+        let (c, s) = (nonce(), nonce());
+        let k = session_keys(b"k1", &c, &s);
+        assert_ne!(k.caller_to_server, k.server_to_caller);
+        let again = session_keys(b"k1", &c, &s);
+        assert_eq!(k.caller_to_server, again.caller_to_server, "both sides derive the same");
+        assert_ne!(k.caller_to_server, session_keys(b"k2", &c, &s).caller_to_server);
+        assert_ne!(k.caller_to_server, session_keys(b"k1", &s, &c).caller_to_server);
+        assert_ne!(k.caller_to_server, session_keys(b"k1", &c, &nonce()).caller_to_server);
     }
 
     #[test]

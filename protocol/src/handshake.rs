@@ -5,15 +5,22 @@
 //! future version, so that any server can still tell an old or new peer which version it
 //! speaks instead of failing with a decode error.
 //!
+//! The handshake's frames are plain and small (the codec takes at most
+//! [`HANDSHAKE_MAX_FRAME_LEN`](crate::codec::HANDSHAKE_MAX_FRAME_LEN) bytes until it is done).
+//! Once it has succeeded, both sides start the session in their codec
+//! ([`FrameCodec::start_session`](crate::codec::FrameCodec::start_session)): with a cluster
+//! secret, with the keys derived from it and both nonces ([`auth::session_keys`]), so every
+//! later frame is sealed; without one, plain.
+//!
 //! Neither side times out here; callers wrap the handshake in `tokio::time::timeout` so a
 //! silent peer cannot hold a connection slot.
 
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use crate::auth;
+use crate::codec::Framed;
 use crate::error::{Error, Result};
 use crate::wire;
 
@@ -92,7 +99,7 @@ pub fn check_hello(hello: &Hello) -> std::result::Result<(), String> {
     check_magic_and_version(hello.magic, hello.version)
 }
 
-async fn send_msg<T, M>(framed: &mut Framed<T, LengthDelimitedCodec>, msg: &M) -> Result<()>
+async fn send_msg<T, M>(framed: &mut Framed<T>, msg: &M) -> Result<()>
 where
     T: AsyncRead + AsyncWrite + Unpin,
     M: Serialize,
@@ -101,7 +108,7 @@ where
     Ok(())
 }
 
-async fn recv_frame<T>(framed: &mut Framed<T, LengthDelimitedCodec>) -> Result<bytes::BytesMut>
+async fn recv_frame<T>(framed: &mut Framed<T>) -> Result<bytes::BytesMut>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
@@ -109,6 +116,16 @@ where
         None => Err(Error::ConnectionClosed),
         Some(frame) => Ok(frame?),
     }
+}
+
+/// Tells the caller why it is refused (best effort: it may already be gone, and the refusal
+/// is the error that matters to our caller); the error to return.
+async fn refuse<T>(framed: &mut Framed<T>, message: String) -> Error
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = send_msg(framed, &HelloReply::Err { message: message.clone() }).await;
+    Error::Handshake(message)
 }
 
 /// What a server makes of the first frame: the hello, or the message to refuse it with.
@@ -126,10 +143,7 @@ fn read_hello(frame: &[u8]) -> std::result::Result<Hello, String> {
 }
 
 /// Caller side: sends `hello`, waits for the reply, returns the server's name.
-async fn handshake_as<T>(
-    framed: &mut Framed<T, LengthDelimitedCodec>,
-    hello: &Hello,
-) -> Result<String>
+async fn handshake_as<T>(framed: &mut Framed<T>, hello: &Hello) -> Result<String>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
@@ -137,7 +151,7 @@ where
 }
 
 async fn handshake_as_with<T>(
-    framed: &mut Framed<T, LengthDelimitedCodec>,
+    framed: &mut Framed<T>,
     hello: &Hello,
     secret: Option<&[u8]>,
 ) -> Result<String>
@@ -149,6 +163,7 @@ where
     let mut reply = wire::decode::<HelloReply>(&frame).map_err(|e| {
         Error::Handshake(format!("bad reply: the server is not a shardgate peer; {e}"))
     })?;
+    let mut keys = None;
     if let HelloReply::Challenge { nonce, proof } = reply {
         let Some(secret) = secret else {
             return Err(Error::Handshake(
@@ -164,6 +179,7 @@ where
         }
         let answer = auth::AuthProof { proof: auth::caller_proof(secret, &nonce, &hello.nonce) };
         send_msg(framed, &answer).await?;
+        keys = Some(auth::session_keys(secret, &hello.nonce, &nonce));
         let frame = recv_frame(framed).await?;
         reply = wire::decode::<HelloReply>(&frame)
             .map_err(|e| Error::Handshake(format!("bad reply after authentication; {e}")))?;
@@ -173,7 +189,11 @@ where
         )));
     }
     match reply {
-        HelloReply::Ok { version, name } if version == hello.version => Ok(name),
+        HelloReply::Ok { version, name } if version == hello.version => {
+            let keys = keys.as_ref().map(|k| (&k.caller_to_server, &k.server_to_caller));
+            framed.codec_mut().start_session(keys);
+            Ok(name)
+        }
         HelloReply::Ok { version, name } => Err(Error::Handshake(format!(
             "server '{name}' speaks protocol version {version}; this client speaks version {}",
             hello.version
@@ -186,10 +206,7 @@ where
 }
 
 /// Caller side of the handshake, presenting itself as `peer_name`; returns the server's name.
-pub async fn client_handshake<T>(
-    framed: &mut Framed<T, LengthDelimitedCodec>,
-    peer_name: &str,
-) -> Result<String>
+pub async fn client_handshake<T>(framed: &mut Framed<T>, peer_name: &str) -> Result<String>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
@@ -199,7 +216,7 @@ where
 /// [`client_handshake`] with an explicit cluster secret (`None`: none) instead of the
 /// process's.
 pub async fn client_handshake_with<T>(
-    framed: &mut Framed<T, LengthDelimitedCodec>,
+    framed: &mut Framed<T>,
     peer_name: &str,
     secret: Option<&[u8]>,
 ) -> Result<String>
@@ -213,10 +230,7 @@ where
 /// A caller that is not a shardgate peer or speaks another version is told why (a
 /// `HelloReply::Err`) and the same message comes back as [`Error::Handshake`]; the caller
 /// should then drop the connection.
-pub async fn server_handshake<T>(
-    framed: &mut Framed<T, LengthDelimitedCodec>,
-    server_name: &str,
-) -> Result<Hello>
+pub async fn server_handshake<T>(framed: &mut Framed<T>, server_name: &str) -> Result<Hello>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
@@ -226,43 +240,61 @@ where
 /// [`server_handshake`] with an explicit cluster secret (`None`: none) instead of the
 /// process's.
 pub async fn server_handshake_with<T>(
-    framed: &mut Framed<T, LengthDelimitedCodec>,
+    framed: &mut Framed<T>,
     server_name: &str,
     secret: Option<&[u8]>,
 ) -> Result<Hello>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
+    let (hello, ()) = server_handshake_admit(framed, server_name, secret, || Ok(())).await?;
+    Ok(hello)
+}
+
+/// [`server_handshake_with`] that, once the caller has proved the secret (or at once without
+/// one), asks `admit` whether it may come in: `admit`'s value comes back with the hello (a
+/// connection slot, say), or its message is sent to the caller as a `HelloReply::Err` in
+/// place of the `Ok` and comes back as [`Error::Handshake`]. So a caller that cannot
+/// authenticate never takes what `admit` hands out.
+pub async fn server_handshake_admit<T, A>(
+    framed: &mut Framed<T>,
+    server_name: &str,
+    secret: Option<&[u8]>,
+    admit: impl FnOnce() -> std::result::Result<A, String>,
+) -> Result<(Hello, A)>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
     let frame = recv_frame(framed).await?;
-    match read_hello(&frame) {
-        Ok(hello) => {
-            if let Some(secret) = secret {
-                let nonce = auth::nonce();
-                let proof = auth::server_proof(secret, &hello.nonce, &nonce);
-                send_msg(framed, &HelloReply::Challenge { nonce, proof }).await?;
-                let frame = recv_frame(framed).await?;
-                let proved = wire::decode::<auth::AuthProof>(&frame)
-                    .is_ok_and(|p| auth::verify_caller(secret, &nonce, &hello.nonce, &p.proof));
-                if !proved {
-                    let message = format!(
-                        "authentication failed: '{}' does not know the cluster secret",
-                        hello.peer
-                    );
-                    let _ = send_msg(framed, &HelloReply::Err { message: message.clone() }).await;
-                    return Err(Error::Handshake(message));
-                }
-            }
-            let reply = HelloReply::Ok { version: PROTOCOL_VERSION, name: server_name.to_string() };
-            send_msg(framed, &reply).await?;
-            Ok(hello)
+    let hello = match read_hello(&frame) {
+        Ok(hello) => hello,
+        Err(message) => return Err(refuse(framed, message).await),
+    };
+    let mut keys = None;
+    if let Some(secret) = secret {
+        let nonce = auth::nonce();
+        let proof = auth::server_proof(secret, &hello.nonce, &nonce);
+        send_msg(framed, &HelloReply::Challenge { nonce, proof }).await?;
+        let frame = recv_frame(framed).await?;
+        let proved = wire::decode::<auth::AuthProof>(&frame)
+            .is_ok_and(|p| auth::verify_caller(secret, &nonce, &hello.nonce, &p.proof));
+        if !proved {
+            let message =
+                format!("authentication failed: '{}' does not know the cluster secret", hello.peer);
+            return Err(refuse(framed, message).await);
         }
-        Err(message) => {
-            // Best effort: the peer may already be gone, and the mismatch is the error that
-            // matters to our caller.
-            let _ = send_msg(framed, &HelloReply::Err { message: message.clone() }).await;
-            Err(Error::Handshake(message))
-        }
+        keys = Some(auth::session_keys(secret, &hello.nonce, &nonce));
     }
+    let admitted = match admit() {
+        Ok(a) => a,
+        Err(message) => return Err(refuse(framed, message).await),
+    };
+    let reply = HelloReply::Ok { version: PROTOCOL_VERSION, name: server_name.to_string() };
+    send_msg(framed, &reply).await?;
+    // The `Ok` went plain; everything after it is sealed.
+    let keys = keys.as_ref().map(|k| (&k.server_to_caller, &k.caller_to_server));
+    framed.codec_mut().start_session(keys);
+    Ok((hello, admitted))
 }
 
 #[cfg(test)]
@@ -369,6 +401,27 @@ mod tests {
         assert_eq!(s.unwrap().peer, "lb");
         let (c, s) = both(None, None).await;
         assert!(c.is_ok() && s.is_ok());
+    }
+
+    #[tokio::test]
+    async fn after_an_authenticated_handshake_frames_are_sealed_both_ways() {
+        for secret in [Some(&b"sesame"[..]), None] {
+            let (a, b) = tokio::io::duplex(1 << 16);
+            let (mut client, mut server) = (framed(a), framed(b));
+            let (c, s) = tokio::join!(
+                client_handshake_with(&mut client, "lb", secret),
+                server_handshake_with(&mut server, "S", secret)
+            );
+            assert!(c.is_ok() && s.is_ok(), "{c:?} {s:?}");
+            assert_eq!(client.codec().is_sealed(), secret.is_some());
+            assert_eq!(server.codec().is_sealed(), secret.is_some());
+            // Larger than the handshake's limit: the full one applies now.
+            let big = bytes::Bytes::from(vec![b'q'; 8 * 1024]);
+            client.send(big.clone()).await.unwrap();
+            assert_eq!(server.next().await.unwrap().unwrap(), big);
+            server.send(bytes::Bytes::from_static(b"answer")).await.unwrap();
+            assert_eq!(&client.next().await.unwrap().unwrap()[..], b"answer");
+        }
     }
 
     #[tokio::test]

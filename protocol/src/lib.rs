@@ -8,7 +8,8 @@
 //! share one connection. Payloads are encoded by [`wire`].
 //!
 //! # Layout
-//! - [`codec`]: the frame format and its `LengthDelimitedCodec`, with the maximum frame length.
+//! - [`codec`]: the frame format and [`FrameCodec`]: the maximum frame lengths (small before
+//!   the handshake), and the sealing of every frame of an authenticated session.
 //! - [`wire`]: encoding of messages into frame payloads; the only module that knows bincode.
 //! - [`handshake`]: magic + version exchange that opens every connection.
 //! - [`message`]: request and response envelopes, one struct per command, error bodies and
@@ -16,8 +17,10 @@
 //! - [`types`]: schema, rows, cells, shard descriptions, LSNs and epochs.
 //! - [`json`]: validation of JSON rows, keys, schemas and shard lists for the HTTP shims.
 //! - [`error`]: the crate's error type.
-//! - [`server`]: the serving side of a binary door (accept, handshake, pipelined requests).
-//! - [`auth`]: the cluster secret's challenge-response, and the HTTP admin token.
+//! - [`server`]: the serving side of a binary door (accept, handshake in a bounded pool of its
+//!   own, pipelined requests).
+//! - [`auth`]: the cluster secret's challenge-response, the session keys derived from it, and
+//!   the HTTP admin token.
 //! - [`authz`]: the one authorization rule of every door (who may change the cluster).
 //! - [`limits`]: connection caps per listener, row caps per request, the HTTP idle timeout.
 //! - [`budget`]: the memory an HTTP door holds for bodies and unsent answers.
@@ -40,11 +43,11 @@ pub mod server;
 pub mod types;
 pub mod wire;
 
-pub use codec::{frame_codec, framed, MAX_FRAME_LEN};
+pub use codec::{frame_codec, framed, FrameCodec, Framed, MAX_FRAME_LEN};
 pub use error::{Error, Result};
 pub use handshake::{
-    check_hello, client_handshake, client_handshake_with, server_handshake, server_handshake_with,
-    Hello, HelloReply, MAGIC, PROTOCOL_VERSION,
+    check_hello, client_handshake, client_handshake_with, server_handshake, server_handshake_admit,
+    server_handshake_with, Hello, HelloReply, MAGIC, PROTOCOL_VERSION,
 };
 pub use json::{parse_key, row_from_json, row_to_json, FieldError};
 pub use message::{

@@ -6,12 +6,18 @@
 //!   (HTTP: a 503 with the contract's JSON error, [`http_refusal`]; binary: a
 //!   `HelloReply::Err` in place of the handshake, [`binary_refusal`]) and closed, counted,
 //!   and logged at most once per [`REFUSAL_LOG_INTERVAL`];
+//! - before authentication, on a binary door: a connection holds no place of the cap, only
+//!   one of a bounded pool of its own ([`HandshakePool`], the oldest evicted when it is
+//!   full) for at most the handshake's timeout, and may send only small frames (see
+//!   [`crate::codec`]); the cap's place is taken once the caller has authenticated, and one
+//!   beyond the cap is told so in place of the handshake's `Ok`;
 //! - rows per write and rows per read answer ([`RowLimits`]): beyond them a 413
 //!   (`ErrorKind::TooLarge`) and nothing written;
 //! - the idle timeout of HTTP connections: hyper's header timeout covers a request head that
 //!   does not arrive (slowloris, and idle keep-alive connections); [`WriteStall`] covers a
 //!   client that stops taking its answers.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -25,6 +31,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::handshake::HelloReply;
@@ -167,11 +174,8 @@ impl ConnectionLimit {
     }
 
     /// The next connection on `listener` within the cap, with its place: one over the cap is
-    /// refused with `refusal` (see [`refuse`](Self::refuse)) and the wait goes on; a failed
-    /// accept (out of descriptors and the like) is logged and followed by a short pause
-    /// instead of a spin. The stream comes with `TCP_NODELAY` set (every door answers small
-    /// messages it has already batched). Cancel-safe: dropped while waiting, it has taken
-    /// no connection.
+    /// refused with `refusal` (see [`refuse`](Self::refuse)) and the wait goes on. As
+    /// [`accept_any`](Self::accept_any) otherwise.
     pub async fn accept(
         &self,
         listener: &TcpListener,
@@ -179,21 +183,43 @@ impl ConnectionLimit {
         tracker: &TaskTracker,
     ) -> (TcpStream, SocketAddr, OwnedSemaphorePermit) {
         loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(listener = self.listener, error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            };
+            let (stream, peer) = self.accept_any(listener).await;
             let Some(permit) = self.try_admit() else {
                 self.refuse(stream, peer, refusal.clone(), tracker);
                 continue;
             };
-            let _ = stream.set_nodelay(true);
             return (stream, peer, permit);
         }
+    }
+
+    /// The next connection on `listener`, without a place yet (a binary door gives one only
+    /// once the caller has authenticated; see [`crate::server`]). A failed accept (out of
+    /// descriptors and the like) is logged and followed by a short pause instead of a spin.
+    /// The stream comes with `TCP_NODELAY` set (every door answers small messages it has
+    /// already batched). Cancel-safe: dropped while waiting, it has taken no connection.
+    pub async fn accept_any(&self, listener: &TcpListener) -> (TcpStream, SocketAddr) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    return (stream, peer);
+                }
+                Err(e) => {
+                    tracing::warn!(listener = self.listener, error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            }
+        }
+    }
+
+    /// A place for a connection whose caller has just authenticated, or the message to refuse
+    /// it with at the cap (counted and logged as a refusal).
+    pub fn admit_or_refuse(&self, peer: SocketAddr) -> Result<OwnedSemaphorePermit, String> {
+        self.try_admit().ok_or_else(|| {
+            let total = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            self.log_refusal(peer, total);
+            binary_refusal_message(self)
+        })
     }
 
     /// Refuses `stream`: counts and logs it, then sends `answer`, closes its side and waits
@@ -273,19 +299,97 @@ pub fn http_refusal(listener: &ConnectionLimit) -> Bytes {
 /// The frame a binary door sends to a connection refused at the cap, in place of the
 /// handshake's reply: a `HelloReply::Err`, so the caller's handshake fails with the reason.
 pub fn binary_refusal(listener: &ConnectionLimit) -> Bytes {
-    let reply = HelloReply::Err {
-        message: format!(
-            "too many connections: this server takes at most {} binary-protocol connections \
-             at once; try again later",
-            listener.max()
-        ),
-    };
+    let reply = HelloReply::Err { message: binary_refusal_message(listener) };
     // Encoding a reply of a string cannot fail; an empty frame would still close cleanly.
     let payload = crate::wire::encode(&reply).unwrap_or_default();
     let mut frame = BytesMut::with_capacity(crate::codec::FRAME_HEADER_LEN + payload.len());
     frame.put_u32(payload.len() as u32);
     frame.put_slice(&payload);
     frame.freeze()
+}
+
+/// Why a binary door refuses a connection at its cap.
+fn binary_refusal_message(listener: &ConnectionLimit) -> String {
+    format!(
+        "too many connections: this server takes at most {} binary-protocol connections at \
+         once; try again later",
+        listener.max()
+    )
+}
+
+/// The connections of one binary door that are still in their handshake: a pool of its own,
+/// apart from the door's [`ConnectionLimit`], so that callers that have not authenticated
+/// (yet) cannot take the places of those that have. When it is full, a new connection
+/// evicts the one that has been handshaking longest: a flood of bare connects then only
+/// evicts itself, and a real peer, whose handshake takes a round trip, gets through.
+pub struct HandshakePool {
+    max: usize,
+    /// The connections in their handshake, oldest first, each with the token that evicts it.
+    waiting: Mutex<(u64, BTreeMap<u64, CancellationToken>)>,
+    evicted: AtomicU64,
+}
+
+impl HandshakePool {
+    /// A pool of at most `max` (at least 1) connections in their handshake.
+    pub fn new(max: usize) -> Arc<HandshakePool> {
+        Arc::new(HandshakePool {
+            max: max.max(1),
+            waiting: Mutex::new((0, BTreeMap::new())),
+            evicted: AtomicU64::new(0),
+        })
+    }
+
+    /// A place in the pool for a new connection, evicting the oldest one when it is full.
+    pub fn enter(self: &Arc<Self>) -> HandshakeSlot {
+        let token = CancellationToken::new();
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let (next, slots) = &mut *waiting;
+        let id = *next;
+        *next += 1;
+        while slots.len() >= self.max {
+            let Some((_, oldest)) = slots.pop_first() else { break };
+            oldest.cancel();
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        slots.insert(id, token.clone());
+        HandshakeSlot { pool: self.clone(), id, evicted: token }
+    }
+
+    /// Connections in their handshake now.
+    pub fn len(&self) -> usize {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).1.len()
+    }
+
+    /// Whether no connection is in its handshake.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Connections evicted since the start.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+}
+
+/// One connection's place in a [`HandshakePool`], given back on drop.
+pub struct HandshakeSlot {
+    pool: Arc<HandshakePool>,
+    id: u64,
+    evicted: CancellationToken,
+}
+
+impl HandshakeSlot {
+    /// Completes when a newer connection has taken this place: the handshake must stop.
+    pub async fn evicted(&self) {
+        self.evicted.cancelled().await
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut waiting = self.pool.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        waiting.1.remove(&self.id);
+    }
 }
 
 /// A stream whose writes fail with `TimedOut` once one has made no progress for `limit`: a
@@ -444,6 +548,24 @@ mod tests {
         assert_eq!(l.open(), 1);
         assert!(l.try_admit().is_some());
         assert_eq!(ConnectionLimit::new("zero", 0).max(), 1, "a cap of 0 would refuse all");
+    }
+
+    #[tokio::test]
+    async fn a_full_handshake_pool_evicts_its_oldest_connection() {
+        let pool = HandshakePool::new(2);
+        let a = pool.enter();
+        let b = pool.enter();
+        assert_eq!(pool.len(), 2);
+        let c = pool.enter();
+        assert_eq!((pool.len(), pool.evicted()), (2, 1));
+        tokio::time::timeout(Duration::from_secs(5), a.evicted()).await.unwrap();
+        assert!(!b.evicted.is_cancelled());
+        drop(b);
+        assert_eq!(pool.len(), 1, "a finished handshake gives its place back");
+        let _d = pool.enter();
+        assert!(!c.evicted.is_cancelled(), "room was left: nobody evicted");
+        drop(a);
+        assert_eq!(pool.len(), 2, "an evicted slot's drop removes nothing else");
     }
 
     #[test]

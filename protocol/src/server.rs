@@ -1,21 +1,24 @@
 //! The serving side of the binary protocol, shared by every process that has a binary door
-//! (nodes, routers): accept, handshake, then pipelined requests. A request that is done at
+//! (nodes, routers, the manager): accept, handshake (bounded before trust: see
+//! [`accept_peers`]), then pipelined requests. A request that is done at
 //! once (`/home`, heartbeats, forwards) is answered by the connection's task; any other runs
 //! in a task of its own and is answered when ready, so answers may leave in another order
 //! than the requests came. Everything answered meanwhile goes out with one flush.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::limits::ConnectionLimit;
-use crate::{ErrorBody, Request, RequestFrame, Response, ResponseFrame};
+use crate::codec::Framed;
+use crate::limits::{ConnectionLimit, HandshakePool};
+use crate::{ErrorBody, Hello, Request, RequestFrame, Response, ResponseFrame};
 
 /// Encodes an answer for its frame. An answer too large for one frame (a read of a huge
 /// range, say) becomes a 413 for the same request: the codec would refuse the frame, the
@@ -35,8 +38,11 @@ pub fn encode_answer(frame: &ResponseFrame) -> crate::Result<bytes::Bytes> {
     crate::wire::encode(&ResponseFrame::err(frame.id, too_large))
 }
 
-/// A peer must complete the handshake within this time.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A peer must complete the handshake within this time (a real one needs two round trips).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connections of one door in their handshake at once; a new one beyond it evicts the oldest
+/// (see [`HandshakePool`]).
+pub const MAX_HANDSHAKING: usize = 1024;
 /// How long a cancelled connection may still take to send the answers it owes.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Requests one connection may have in progress; more wait (back-pressure on the socket).
@@ -78,9 +84,9 @@ pub async fn serve<H: Handler>(
     serve_with_limit(listener, handler, cancel, tracker, limit).await
 }
 
-/// [`serve`] with at most `limit` connections at once. A connection beyond the cap gets a
-/// `HelloReply::Err` saying so in place of the handshake and is closed; the connections
-/// already open are served as before.
+/// [`serve`] with at most `limit` authenticated connections at once. A connection beyond
+/// the cap gets a `HelloReply::Err` saying so in place of the handshake's `Ok` and is
+/// closed; the connections already open are served as before.
 pub async fn serve_with_limit<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
@@ -88,25 +94,98 @@ pub async fn serve_with_limit<H: Handler>(
     tracker: TaskTracker,
     limit: Arc<ConnectionLimit>,
 ) {
-    let refusal = crate::limits::binary_refusal(&limit);
-    loop {
-        let (stream, peer, permit) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            a = limit.accept(&listener, &refusal, &tracker) => a,
-        };
-        let (h, cancel, t) = (handler.clone(), cancel.clone(), tracker.clone());
-        tracker.spawn(async move {
-            if let Err(e) = connection(stream, h, cancel, t).await {
-                tracing::debug!(%peer, error = %e, "binary connection ended");
+    let name = handler.name().to_string();
+    let t = tracker.clone();
+    let c = cancel.clone();
+    accept_peers(listener, &name, limit, cancel, tracker, move |peer| {
+        let (h, c, t) = (handler.clone(), c.clone(), t.clone());
+        async move {
+            let addr = peer.addr;
+            if let Err(e) = connection(peer.framed, h, c, t).await {
+                tracing::debug!(peer = %addr, error = %e, "binary connection ended");
             }
             // The connection's place is free once it has ended (its requests answered).
-            drop(permit);
+            drop(peer.permit);
+        }
+    })
+    .await
+}
+
+/// A connection whose caller has completed the handshake (proved the cluster secret, when
+/// this process has one) and holds a place of the door's [`ConnectionLimit`].
+pub struct Peer {
+    /// The connection, its session started.
+    pub framed: Framed<TcpStream>,
+    /// The caller's hello.
+    pub hello: Hello,
+    /// The caller's address.
+    pub addr: SocketAddr,
+    /// The connection's place under the cap; the place is free once it drops.
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// The accepting side of every binary door (nodes, routers, the manager): accepts on
+/// `listener` until `cancel`, shakes hands as `name` with the process's cluster secret, and
+/// hands each authenticated connection to `serve` in a task of `tracker`.
+///
+/// Bounded before trust: a connection in its handshake holds only a place in a pool of its
+/// own ([`MAX_HANDSHAKING`], the oldest evicted when it is full), may send only small frames
+/// (see [`crate::codec`]) and has [`HANDSHAKE_TIMEOUT`] to finish; it takes a place of
+/// `limit` only once authenticated, and at the cap it is told so instead of `Ok`. So
+/// neither large first frames nor a flood of bare connects can cost much memory or keep a
+/// peer that knows the secret out.
+pub async fn accept_peers<F, Fut>(
+    listener: TcpListener,
+    name: &str,
+    limit: Arc<ConnectionLimit>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    serve: F,
+) where
+    F: Fn(Peer) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let pool = HandshakePool::new(MAX_HANDSHAKING);
+    let serve = Arc::new(serve);
+    let name: Arc<str> = name.into();
+    loop {
+        let (stream, addr) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            a = limit.accept_any(&listener) => a,
+        };
+        let slot = pool.enter();
+        let (serve, name, limit, cancel) =
+            (serve.clone(), name.clone(), limit.clone(), cancel.clone());
+        tracker.spawn(async move {
+            let mut framed = crate::framed(stream);
+            let handshake = crate::handshake::server_handshake_admit(
+                &mut framed,
+                &name,
+                crate::auth::secret(),
+                || limit.admit_or_refuse(addr),
+            );
+            let outcome = tokio::select! {
+                () = slot.evicted() => Err(crate::Error::Handshake(
+                    "evicted by newer connections while in the handshake".into(),
+                )),
+                _ = cancel.cancelled() => return,
+                r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => r
+                    .unwrap_or_else(|_| Err(crate::Error::Handshake("handshake timed out".into()))),
+            };
+            drop(slot);
+            match outcome {
+                Ok((hello, permit)) => {
+                    tracing::debug!(peer = %hello.peer, %addr, "binary peer connected");
+                    serve(Peer { framed, hello, addr, permit }).await;
+                }
+                Err(e) => tracing::debug!(%addr, error = %e, "binary handshake failed"),
+            }
         });
     }
 }
 
-/// Serves one accepted connection until the peer closes it, a frame is unreadable, or
-/// `cancel`.
+/// Serves one connection after its handshake until the peer closes it, a frame is
+/// unreadable (or, in a session, does not open), or `cancel`.
 ///
 /// One task reads the requests and writes the answers. Everything that is ready is taken
 /// before anything is written: the requests already received (those answered in place are
@@ -117,19 +196,11 @@ pub async fn serve_with_limit<H: Handler>(
 /// are read: the back-pressure a pipelined peer needs. Once `cancel` fires, no request is
 /// read any more, and the answers still owed get a short linger (2 s) to leave.
 pub async fn connection<H: Handler>(
-    stream: TcpStream,
+    framed: Framed<TcpStream>,
     handler: Arc<H>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) -> crate::Result<()> {
-    let mut framed = crate::framed(stream);
-    let hello = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        crate::handshake::server_handshake(&mut framed, handler.name()),
-    )
-    .await
-    .map_err(|_| crate::Error::Handshake("handshake timed out".into()))??;
-    tracing::debug!(peer = %hello.peer, "binary peer connected");
     let (answers_tx, answers) = mpsc::channel::<ResponseFrame>(RESPONSE_QUEUE);
     let mut conn = Conn {
         framed,
@@ -163,7 +234,7 @@ pub async fn connection<H: Handler>(
 
 /// One connection's state while it is served.
 struct Conn<H> {
-    framed: tokio_util::codec::Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>,
+    framed: Framed<TcpStream>,
     handler: Arc<H>,
     tracker: TaskTracker,
     /// Where requests that run in tasks of their own send their answers; dropped once no

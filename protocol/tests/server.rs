@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use protocol::server::{self, Handler};
+use protocol::Framed;
 use protocol::{ErrorBody, Request, RequestFrame, Response, ResponseFrame};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -72,7 +72,7 @@ impl Drop for Server {
     }
 }
 
-async fn connect(addr: std::net::SocketAddr) -> Framed<TcpStream, LengthDelimitedCodec> {
+async fn connect(addr: std::net::SocketAddr) -> Framed<TcpStream> {
     let mut framed = protocol::framed(TcpStream::connect(addr).await.unwrap());
     assert_eq!(protocol::client_handshake(&mut framed, "test").await.unwrap(), "echo");
     framed
@@ -86,7 +86,7 @@ fn frame(id: u64, body: Request) -> bytes::Bytes {
     protocol::wire::encode(&RequestFrame { id, body }).unwrap()
 }
 
-async fn next_answer(framed: &mut Framed<TcpStream, LengthDelimitedCodec>) -> ResponseFrame {
+async fn next_answer(framed: &mut Framed<TcpStream>) -> ResponseFrame {
     let bytes = tokio::time::timeout(Duration::from_secs(10), framed.next())
         .await
         .expect("an answer within 10 s")

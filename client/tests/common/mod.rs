@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
+use protocol::Framed;
 use protocol::{Request, RequestFrame, Response, ResponseFrame};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 /// Longest any test waits for something that should happen promptly.
 pub const DEADLINE: Duration = Duration::from_secs(10);
@@ -183,7 +183,7 @@ async fn accept_loop(
     }
 }
 
-type ServerFramed = Framed<TcpStream, LengthDelimitedCodec>;
+type ServerFramed = Framed<TcpStream>;
 
 type Delayed = Pin<Box<dyn Future<Output = ResponseFrame> + Send>>;
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use protocol::limits::ConnectionLimit;
+use protocol::server::Peer;
 use protocol::ErrorBody;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -21,51 +22,42 @@ use tokio_util::task::TaskTracker;
 use super::Manager;
 use crate::control::{ControlRequest, ControlRequestFrame, ControlResponse, ControlResponseFrame};
 
-/// A router must complete the handshake within this time.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Answers queued for one connection's writer.
 const RESPONSE_QUEUE: usize = 64;
 /// The name the manager gives in handshakes.
 pub const MANAGER_NAME: &str = "shardgate-manager";
 
 /// Serves routers on `listener` until `cancel`; returns once every connection has ended.
-/// At most `max_connections` (see [`super::ManagerConfig`]) at once: one more is answered
-/// with a handshake error and closed.
+/// At most `max_connections` (see [`super::ManagerConfig`]) authenticated connections at
+/// once: one more is answered with a handshake error and closed. Connections in their
+/// handshake are bounded apart (see [`protocol::server::accept_peers`]).
 pub async fn serve(listener: TcpListener, manager: Arc<Manager>, cancel: CancellationToken) {
     let tracker = TaskTracker::new();
     let limit = ConnectionLimit::new("manager control", manager.cfg.max_connections);
-    let refusal = protocol::limits::binary_refusal(&limit);
-    loop {
-        let (stream, peer, permit) = tokio::select! {
-            _ = cancel.cancelled() => break,
-            a = limit.accept(&listener, &refusal, &tracker) => a,
-        };
-        let (m, c, t) = (manager.clone(), cancel.clone(), tracker.clone());
-        tracker.spawn(async move {
-            let _permit = permit;
-            if let Err(e) = connection(stream, m, c, t).await {
-                tracing::debug!(%peer, error = %e, "control connection ended");
+    let (c, t) = (cancel.clone(), tracker.clone());
+    protocol::server::accept_peers(listener, MANAGER_NAME, limit, cancel, tracker.clone(), {
+        move |peer: Peer| {
+            let (m, c, t) = (manager.clone(), c.clone(), t.clone());
+            async move {
+                let _permit = peer.permit;
+                tracing::debug!(peer = %peer.hello.peer, "router connected");
+                if let Err(e) = connection(peer.framed, m, c, t).await {
+                    tracing::debug!(peer = %peer.addr, error = %e, "control connection ended");
+                }
             }
-        });
-    }
+        }
+    })
+    .await;
     tracker.close();
     tracker.wait().await;
 }
 
 async fn connection(
-    stream: TcpStream,
+    framed: protocol::Framed<TcpStream>,
     manager: Arc<Manager>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) -> protocol::Result<()> {
-    let mut framed = protocol::framed(stream);
-    let hello = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        protocol::server_handshake(&mut framed, MANAGER_NAME),
-    )
-    .await
-    .map_err(|_| protocol::Error::Handshake("handshake timed out".into()))??;
-    tracing::debug!(peer = %hello.peer, "router connected");
     let (mut sink, mut frames) = framed.split();
     let (tx, mut rx) = mpsc::channel::<ControlResponseFrame>(RESPONSE_QUEUE);
     let writer = tokio::spawn(async move {
