@@ -18,7 +18,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use client::Connection;
@@ -35,26 +34,6 @@ fn schema() -> Schema {
         columns: vec!["Stud_id".into(), "Stud_name".into(), "Stud_marks".into()],
         dtypes: vec![protocol::DType::Number, protocol::DType::String, protocol::DType::Number],
     }
-}
-
-/// The binary address of node `name` under the cluster `root`: the listening port that is
-/// not its HTTP one.
-async fn node_binary(root: u32, name: &str) -> SocketAddr {
-    let pid = node_pid(root, name).unwrap_or_else(|| panic!("{name} is not running"));
-    let http = node_http(root, name).await.unwrap_or_else(|| panic!("{name} has no HTTP door"));
-    listening_addrs(pid)
-        .into_iter()
-        .find(|a| *a != http)
-        .unwrap_or_else(|| panic!("{name} has no binary door"))
-}
-
-fn vm_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS for {pid}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,7 +169,7 @@ async fn snapshot_chunks_do_not_pile_up_in_memory() {
     let dir = tempfile::tempdir().unwrap();
     let (node, conn) = node_with_one_shard(dir.path()).await;
     let pid = node.pid();
-    let before = vm_rss_kib(pid);
+    let before = rss_kib(pid);
     let fat = "x".repeat(15 << 20);
     for seq in 0..30 {
         let r = conn
@@ -201,7 +180,7 @@ async fn snapshot_chunks_do_not_pile_up_in_memory() {
             .await;
         assert!(matches!(r, Ok(Response::SnapshotTaken { .. })), "chunk {seq}: {r:?}");
     }
-    let grown_mib = vm_rss_kib(pid).saturating_sub(before) / 1024;
+    let grown_mib = rss_kib(pid).saturating_sub(before) / 1024;
     assert!(grown_mib < 120, "30 chunks of 15 MiB grew the node by {grown_mib} MiB");
 
     // Rows out of order, or outside the shard, void the snapshot.
@@ -254,7 +233,7 @@ async fn stalled_large_bodies_hold_the_budget_and_cost_no_node() {
     let lb = up.http();
     let nodes_before = node_pids(up.pid());
     let (_, status_before) = http(lb, "GET", "/status", None).await;
-    let before = vm_rss_kib(up.pid());
+    let before = rss_kib(up.pid());
     let half = vec![b'x'; 8 << 20];
     let mut held = Vec::new();
     for _ in 0..40 {
@@ -268,13 +247,13 @@ async fn stalled_large_bodies_hold_the_budget_and_cost_no_node() {
     }
     // Let the router take in what it will.
     let settled = poll(Duration::from_secs(5), || async {
-        let a = vm_rss_kib(up.pid());
+        let a = rss_kib(up.pid());
         tokio::time::sleep(Duration::from_millis(200)).await;
-        (vm_rss_kib(up.pid()) <= a + 1024).then_some(())
+        (rss_kib(up.pid()) <= a + 1024).then_some(())
     })
     .await;
     assert!(settled.is_some(), "the router's memory kept growing");
-    let grown_mib = vm_rss_kib(up.pid()).saturating_sub(before) / 1024;
+    let grown_mib = rss_kib(up.pid()).saturating_sub(before) / 1024;
     assert!(grown_mib < 200, "40 stalled 16 MB bodies grew the router by {grown_mib} MiB");
     // Data requests are served meanwhile.
     let row = json!({"data": [{"Stud_id": 3, "Stud_name": "Bo", "Stud_marks": 5}]});

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{http, http_auth, node_http, node_pid, ClusterProc, BIN};
+use common::{http, http_auth, node_binary, node_http, ClusterProc, BIN};
 use futures::{SinkExt, StreamExt};
 use lb::control::{ControlRequest, ControlRequestFrame, ControlResponse, ControlResponseFrame};
 use protocol::{
@@ -71,17 +71,6 @@ fn assert_refused<T: std::fmt::Debug>(what: &str, got: Result<Result<T, ErrorBod
         Ok(Err(e)) if e.http_status() == 401 => {}
         Ok(answer) => panic!("{what}: a caller without the cluster secret got {answer:?}"),
     }
-}
-
-/// The binary door of node `name` under `root`: the one of its listening ports that is not
-/// its HTTP shim.
-async fn node_binary(root: u32, name: &str) -> SocketAddr {
-    let pid = node_pid(root, name).unwrap_or_else(|| panic!("{name} runs"));
-    let http = node_http(root, name).await.unwrap_or_else(|| panic!("{name} answers HTTP"));
-    let ports: Vec<SocketAddr> =
-        common::listening_addrs(pid).into_iter().filter(|a| *a != http).collect();
-    assert_eq!(ports.len(), 1, "{name} listens on {ports:?} besides HTTP {http}");
-    ports[0]
 }
 
 /// What the balancer says about itself: `/status`, `/rep` and every row.

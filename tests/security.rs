@@ -490,16 +490,6 @@ async fn a_relay_that_only_reads_sees_no_row() {
 // Bounded before trust: what a caller that has not authenticated can cost a door
 // ---------------------------------------------------------------------------------------
 
-/// The resident memory of process `pid`, in KiB (VmRSS of /proc/PID/status).
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
-}
-
 /// Raises this process's soft limit on open files to at least `want`; false when the hard
 /// limit does not allow it.
 fn raise_open_files(want: u64) -> bool {
@@ -544,7 +534,7 @@ async fn first_frames_that_claim_16_mib_cost_a_door_little_and_are_closed() {
     std::fs::write(&secret_file, "bounded\n").unwrap();
     let (node, addr) = start_node(dir.path(), &secret_file);
     let pid = node.0.id();
-    let before = rss_kib(pid);
+    let before = common::rss_kib(pid);
 
     let mut held = Vec::new();
     for _ in 0..CONNECTIONS {
@@ -559,7 +549,7 @@ async fn first_frames_that_claim_16_mib_cost_a_door_little_and_are_closed() {
     let mut worst = 0;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
     while std::time::Instant::now() < deadline {
-        worst = worst.max(rss_kib(pid));
+        worst = worst.max(common::rss_kib(pid));
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let grown_mib = worst.saturating_sub(before) / 1024;

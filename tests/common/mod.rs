@@ -439,6 +439,26 @@ pub async fn node_http(root: u32, name: &str) -> Option<SocketAddr> {
     futures::future::join_all(probes).await.into_iter().flatten().next()
 }
 
+/// The binary door of node `name` under `root`: the one of its listening ports that is not
+/// its HTTP shim.
+pub async fn node_binary(root: u32, name: &str) -> SocketAddr {
+    let pid = node_pid(root, name).unwrap_or_else(|| panic!("{name} runs"));
+    let http = node_http(root, name).await.unwrap_or_else(|| panic!("{name} answers HTTP"));
+    let ports: Vec<SocketAddr> = listening_addrs(pid).into_iter().filter(|a| *a != http).collect();
+    assert_eq!(ports.len(), 1, "{name} listens on {ports:?} besides HTTP {http}");
+    ports[0]
+}
+
+/// The resident memory of process `pid`, in KiB (VmRSS of /proc/PID/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
 /// The output folder of test `test`: `<target>/tmp/test-output/<test>/`, created when
 /// missing (histories a checker rejected and other evidence go there).
 pub fn output_dir(test: &str) -> std::path::PathBuf {
